@@ -1,0 +1,41 @@
+"""Where each stage reads and writes, relative to the project folder (the working directory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def augment(self) -> Path:
+        return self.root / "data" / "augment"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "reports" / "validation"
+
+    def train(self, arch: str) -> Path:
+        return self.root / "outputs" / "train" / arch
+
+    def eval(self, arch: str) -> Path:
+        return self.root / "outputs" / "eval" / arch
+
+    @property
+    def ensemble(self) -> Path:
+        return self.root / "outputs" / "ensemble"
+
+    @property
+    def register(self) -> Path:
+        return self.root / "outputs" / "register"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / "outputs" / "leaderboard"
