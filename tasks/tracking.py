@@ -1,0 +1,102 @@
+"""MLflow in one place: where the tracking store is, the pipeline's parent run and one child run per
+architecture. Everything goes through `MlflowClient` with explicit run ids, so stages running in
+threads or in separate processes (`dvc repro`) never share a fluent "active run"."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tasks.files import read_json, write_json
+from tasks.params import Params
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACTS = "./mlartifacts"
+
+
+def tracking_uri(params: Params) -> str:
+    return params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def client(params: Params) -> MlflowClient:
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(params: Params) -> str:
+    c = client(params)
+    exp = c.get_experiment_by_name(params.mlflow.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # A local store keeps artifacts beside the project, not in ./mlruns of wherever we run.
+    location = None
+    if tracking_uri(params).startswith("sqlite:"):
+        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+    return c.create_experiment(params.mlflow.experiment, artifact_location=location)
+
+
+def start_run(params: Params, name: str, parent_run_id: str | None = None, tags: dict | None = None) -> str:
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client(params).create_run(experiment_id(params), tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:
+    client(params).set_terminated(run_id, status=status)
+
+
+def arch_run(params: Params, run_file: Path, arch: str, parent_run_id: str | None) -> str:
+    """The architecture's child run: reopened from `run_file` when train made it, else made now."""
+    if run_file.exists():
+        return read_json(run_file)["run_id"]
+    run_id = start_run(params, arch, parent_run_id, tags={"zooflow.arch": arch})
+    write_json(run_file, {"run_id": run_id, "parent_run_id": parent_run_id})
+    return run_id
+
+
+def log_params(params: Params, run_id: str, values: dict[str, Any]) -> None:
+    flat = {k: str(v)[:6000] for k, v in _flatten(values).items()}
+    client(params).log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flat.items()])
+
+
+def log_metrics(params: Params, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    entries = [
+        mlflow.entities.Metric(k, float(v), now, step or 0)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and math.isfinite(float(v))
+    ]
+    if entries:
+        client(params).log_batch(run_id, metrics=entries)
+
+
+def metric_logger(params: Params, run_id: str) -> Callable[[dict[str, float], int], None]:
+    """A `log(metrics, step)` callback for the training loop."""
+    return lambda metrics, step: log_metrics(params, run_id, metrics, step)
+
+
+def log_artifact(params: Params, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client(params).log_artifact(run_id, str(path), artifact_path)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
