@@ -108,21 +108,37 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="inference batch size")
+    tta: Literal["none", "flip", "multicrop"] = Field(
+        "none", description="test-time augmentation reported beside the plain metrics: mirror, or 10-view crops"
+    )
+    ece_bins: int = Field(15, ge=1, le=100, description="confidence bins of the expected calibration error")
+    measure_speed: bool = Field(True, description="measure latency (batch 1) and throughput")
+    latency_repeats: int = Field(20, ge=1, description="timed batch-1 forward passes (the median is reported)")
+    throughput_batch: int = Field(256, ge=1, description="batch size of the throughput measurement")
 
 
 class EnsembleParams(Section):
-    method: Literal["soft"] = "soft"
+    method: Literal["auto", "soft", "hard", "weighted", "greedy"] = Field(
+        "auto", description="the ensemble written out; auto: the best of all methods on val"
+    )
+    members: list[str] | None = Field(None, description="architectures to combine; null: every evaluated one")
+    greedy_rounds: int = Field(25, ge=1, description="additions in greedy forward selection (with replacement)")
 
 
 class RegisterParams(Section):
-    model_name: str = Field("digits-classifier", min_length=1)
+    model_name: str = Field("digits-classifier", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     min_delta: float = Field(0.0, ge=0, description="val accuracy the challenger must gain over staging")
+    candidates: Literal["all", "single", "ensemble"] = Field(
+        "all", description="what may be registered: the best single model, the ensemble, or the best of both"
+    )
 
 
 class MlflowParams(Section):
     tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "zooflow"
+    http_retries: int = Field(3, ge=0, description="retries of a transient HTTP error (server mode)")
+    http_timeout: int = Field(30, ge=1, description="seconds before an HTTP request to the server fails")
 
 
 class Params(Section):
