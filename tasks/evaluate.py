@@ -278,6 +278,7 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
                    prep: dict, params: Params, out: Path) -> dict[str, Any]:
     """Evaluate `model` on `splits` ({"val": (uint8 NHWC, labels), ...}); write everything into `out`."""
     ep = params.evaluate
+    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params.device)
     model = model.to(device).eval()
     metrics: dict[str, Any] = {}

@@ -52,7 +52,9 @@ def preprocess(images: Any, image_size: int, channels: int, mean: list[float], s
     [0, 1] and standardises with the training split's per-channel `mean` and `std`.
     """
     array = as_nhwc(images)
-    x = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    if not array.flags.writeable or not array.flags.c_contiguous:  # a memory-mapped split: copy the batch
+        array = np.array(array)
+    x = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     if array.dtype != np.uint8 or x.max() > 1.0 + 1e-6:
         x = x / 255.0
     if x.shape[1] == 4:  # RGBA: drop alpha
