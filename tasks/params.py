@@ -26,6 +26,9 @@ class DataParams(Section):
     ] = "digits"
     path: str | None = Field(None, description="folder, archive, IDX folder, CSV manifest, or torchvision root")
     download: bool = Field(False, description="torchvision sources: download when `path` lacks the files")
+    classes: list[str] | None = Field(
+        None, description="class names in label order; a label outside them is a bad file; null: the source's own"
+    )
     image_size: int = Field(32, ge=8, le=1024, description="side of the square images every split is resized to")
     channels: Literal[1, 3] | None = Field(None, description="1 or 3; null keeps the source's own")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share, for sources without a test split")
@@ -37,14 +40,35 @@ class DataParams(Section):
     workers: int = Field(0, ge=0, description="decoding processes; 0: all cores")
 
 
+VALIDATION_CHECKS: dict[str, tuple[str, str]] = {  # name -> (default severity, what it guards)
+    "labels_in_class_set": ("blocking", "every label names a class"),
+    "shapes_and_dtypes": ("blocking", "uint8 NHWC images of data.image_size, int64 labels"),
+    "min_per_class": ("blocking", "every class in every split has validate.min_per_class images"),
+    "imbalance_ratio": ("warning", "largest / smallest class within a split is under validate.max_imbalance_ratio"),
+    "no_test_leakage": ("blocking", "no exact-duplicate image shared between train/val and test"),
+    "no_train_val_overlap": ("warning", "no exact-duplicate image shared between train and val"),
+    "duplicates_within_split": ("blocking", "exact duplicates within a split under validate.max_duplicate_fraction"),
+    "near_constant_images": ("warning", "near-constant (blank) images under validate.max_constant_fraction"),
+}
+
+
 class ValidateParams(Section):
     min_per_class: int = Field(5, ge=1, description="every class needs this many images in every split")
     max_imbalance_ratio: float = Field(10.0, ge=1, description="largest / smallest class count within a split")
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1, description="exact duplicates within a split")
     max_constant_fraction: float = Field(0.01, ge=0, le=1, description="near-constant (blank) images")
+    constant_std: float = Field(2.0, ge=0, description="an image whose pixel std is below this is near-constant")
     severity: dict[str, Literal["blocking", "warning"]] = Field(
-        default_factory=dict, description="per-expectation override of blocking/warning"
+        default_factory=dict, description="per-check override of blocking/warning; checks: " + ", ".join(VALIDATION_CHECKS)
     )
+
+    @field_validator("severity")
+    @classmethod
+    def _known_checks(cls, severity: dict[str, str]) -> dict[str, str]:
+        for name in severity:
+            if name not in VALIDATION_CHECKS:
+                raise ValueError(f"unknown check {name!r}; allowed: {', '.join(VALIDATION_CHECKS)}")
+        return severity
 
 
 class AugmentParams(Section):
