@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_fixtures import chdir, make_params, shared_state, register_arch
+from registry_fixtures import chdir, register_arch, shared_state
 from tasks import tracking
 from tasks.errors import UserError
 from tasks.files import read_json
@@ -41,7 +41,7 @@ def test_gate_moves_keeps_and_audits(state):
         assert second["metrics"]["delta"] == 0
 
         v3 = register_arch(state, better)["version"]
-        strict = promote(make_params(state.root, "register.min_delta=0.5"), layout)
+        strict = promote(state.with_params("register.min_delta=0.5"), layout)
         assert not strict["moved"] and "at least 0.5" in strict["why"]
         third = promote(p, layout)
         assert third["moved"] and third["staging"] == v3 and third["previous"] == v1

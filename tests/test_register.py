@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from registry_fixtures import chdir, make_params, shared_state
+from registry_fixtures import chdir, shared_state
 from tasks import tracking
 from tasks.ingest import load_prepared
 from tasks.ensemble import ensemble
@@ -53,8 +53,7 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
 
 def test_registered_ensemble_loads_in_a_fresh_process_and_takes_other_sizes(state):
     with chdir(state.root):
-        params = make_params(state.root, "ensemble.method=soft", "register.candidates=ensemble",
-                             "register.model_name=digits-register")
+        params = state.with_params("ensemble.method=soft", "register.candidates=ensemble")
         ensemble(params, state.layout)
         summary = register(params, state.layout)
     assert summary["kind"] == "ensemble" and set(summary["members"]) <= {"knn", "linear"}
