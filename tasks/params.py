@@ -125,6 +125,22 @@ class MlflowParams(Section):
     experiment: str = "zooflow"
 
 
+class OrchestrationParams(Section):
+    task_runner: Literal["sequential", "threads", "dask"] = Field(
+        "sequential", description="how train/evaluate fan out over architectures"
+    )
+    max_workers: int = Field(2, ge=1, description="threads, or Dask workers of the local cluster")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler; null: a LocalCluster")
+    fail_fast: bool = Field(
+        True, description="true: any failed architecture fails the run (after the others finish)"
+    )
+    retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
+    retry_delay_seconds: float = Field(5.0, ge=0)
+    timeout_seconds: dict[str, float] = Field(
+        default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
+    )
+
+
 class Params(Section):
     seed: int = 0
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -136,6 +152,7 @@ class Params(Section):
     ensemble: EnsembleParams = Field(default_factory=EnsembleParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
