@@ -1,0 +1,80 @@
+"""The `zoo-pipeline` flow: the DAG of DESIGN.md, one task call per stage.
+
+ingest ─▶ validate ─▶ augment ─▶ train(arch) ×N ─▶ evaluate ×N ─▶ ensemble ─▶ register ─▶ promote?
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import tracking
+from tasks.augment import augment_task
+from tasks.ensemble import ensemble_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.layout import Layout
+from tasks.leaderboard import format_leaderboard, leaderboard_task
+from tasks.orchestration import configured, task_runner
+from tasks.params import Params, load_params
+from tasks.promote import promote_task
+from tasks.register import register_task
+from tasks.train import train_task
+from tasks.validate import validate_task
+
+
+@flow(name="train-zoo")
+def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, str]:
+    """Train and evaluate every architecture; one failing does not stop the others.
+
+    Returns {arch: "ok" | the failure's message}.
+    """
+    train = configured(train_task, params, "train")
+    evaluate = configured(evaluate_task, params, "evaluate")
+    evaluations = {}
+    for arch in params.train.architectures:
+        run_id = tracking.new_arch_run(params, layout, arch, parent_run_id)
+        trained = train.submit(params, layout, arch, run_id)
+        evaluations[arch] = evaluate.submit(params, layout, arch, run_id, wait_for=[trained])
+    outcome = {}
+    for arch, future in evaluations.items():
+        future.wait()
+        state = future.state
+        outcome[arch] = "ok" if state.is_completed() else (state.message or state.name)
+    return outcome
+
+
+@flow(name="zoo-pipeline", log_prints=True)
+def zoo_pipeline(
+    params_file: str = "params.yaml", overrides: list[str] | None = None, workdir: str = "."
+) -> dict:
+    """Run the whole pipeline on the dataset and zoo that `params_file` (plus `-S` style overrides) name."""
+    logger = get_run_logger()
+    params = load_params(Path(workdir) / params_file, overrides)
+    layout = Layout(Path(workdir))
+    parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
+
+    configured(ingest_task, params, "ingest")(params, layout)
+    validation = configured(validate_task, params, "validate")(params, layout)
+    create_markdown_artifact(validation.get("markdown", str(validation)), key="validation-summary")
+    configured(augment_task, params, "augment")(params, layout)
+
+    outcome = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent)
+    failed = {arch: why for arch, why in outcome.items() if why != "ok"}
+    for arch, why in failed.items():
+        logger.error("architecture %s failed: %s", arch, why)
+
+    configured(ensemble_task, params, "ensemble")(params, layout)
+    rows = configured(leaderboard_task, params, "leaderboard")(params, layout, failed)
+    create_table_artifact(rows, key="leaderboard", description="val/test accuracy per model")
+    registered = configured(register_task, params, "register")(params, layout, parent)
+    promoted = configured(promote_task, params, "promote")(params, layout)
+    tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
+
+    print(format_leaderboard(rows))
+    summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
+    if failed and params.orchestration.fail_fast:
+        raise RuntimeError(f"{len(failed)} architecture(s) failed: {', '.join(sorted(failed))}")
+    return summary
