@@ -80,24 +80,21 @@ def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides 
 @app.command()
 def train(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
-    from tasks import tracking
     from tasks.train import train_task
 
     params, layout = _params(params_file, overrides), _layout()
     _check_arch(params, arch)
-    run_id = tracking.new_arch_run(params, layout, arch)
-    _echo(train_task.fn(params, layout, arch, run_id))
+    _echo(train_task.fn(params, layout, arch))
 
 
 @app.command()
 def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
-    from tasks import tracking
     from tasks.evaluate import evaluate_task
 
     params, layout = _params(params_file, overrides), _layout()
     _check_arch(params, arch)
-    _echo(evaluate_task.fn(params, layout, arch, tracking.arch_run_id(layout, arch)))
+    _echo(evaluate_task.fn(params, layout, arch))
 
 
 @app.command()

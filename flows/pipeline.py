@@ -31,13 +31,12 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, s
 
     Returns {arch: "ok" | the failure's message}.
     """
-    train = configured(train_task, params, "train")
-    evaluate = configured(evaluate_task, params, "evaluate")
     evaluations = {}
     for arch in params.train.architectures:
-        run_id = tracking.new_arch_run(params, layout, arch, parent_run_id)
-        trained = train.submit(params, layout, arch, run_id)
-        evaluations[arch] = evaluate.submit(params, layout, arch, run_id, wait_for=[trained])
+        trained = configured(train_task, params, layout, arch).submit(params, layout, arch, parent_run_id)
+        evaluations[arch] = configured(evaluate_task, params, layout, arch).submit(
+            params, layout, arch, wait_for=[trained]
+        )
     outcome = {}
     for arch, future in evaluations.items():
         future.wait()
@@ -56,21 +55,21 @@ def zoo_pipeline(
     layout = Layout(Path(workdir))
     parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
 
-    configured(ingest_task, params, "ingest")(params, layout)
-    validation = configured(validate_task, params, "validate")(params, layout)
-    create_markdown_artifact(validation.get("markdown", str(validation)), key="validation-summary")
-    configured(augment_task, params, "augment")(params, layout)
+    configured(ingest_task, params, layout)(params, layout)
+    validation = configured(validate_task, params, layout)(params, layout)
+    create_markdown_artifact(validation["markdown"], key="validation-summary")
+    configured(augment_task, params, layout)(params, layout)
 
     outcome = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent)
     failed = {arch: why for arch, why in outcome.items() if why != "ok"}
     for arch, why in failed.items():
         logger.error("architecture %s failed: %s", arch, why)
 
-    configured(ensemble_task, params, "ensemble")(params, layout)
-    rows = configured(leaderboard_task, params, "leaderboard")(params, layout, failed)
+    configured(ensemble_task, params, layout)(params, layout)
+    rows = configured(leaderboard_task, params, layout)(params, layout, failed)
     create_table_artifact(rows, key="leaderboard", description="val/test accuracy per model")
-    registered = configured(register_task, params, "register")(params, layout, parent)
-    promoted = configured(promote_task, params, "promote")(params, layout)
+    registered = configured(register_task, params, layout)(params, layout, parent)
+    promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
 
     print(format_leaderboard(rows))

@@ -13,7 +13,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks import caching
 from tasks.errors import UserError
+from tasks.layout import Layout
 from tasks.params import Params
 
 
@@ -28,15 +30,27 @@ def transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
-def configured(task: Task, params: Params, stage: str) -> Task:
-    """`task` with the retries and timeout that params.orchestration sets for `stage`."""
+CACHED_STAGES = ("ingest", "validate", "augment", "train", "evaluate")
+
+
+def configured(task: Task, params: Params, layout: Layout, arch: str | None = None) -> Task:
+    """`task` with the retries, timeout and cache that params.orchestration sets for its stage."""
+    stage = task.name
     orch = params.orchestration
-    return task.with_options(
+    options: dict[str, Any] = dict(
         retries=orch.retries,
         retry_delay_seconds=[orch.retry_delay_seconds * 2**i for i in range(max(orch.retries, 1))],
         retry_condition_fn=transient_only,
         timeout_seconds=orch.timeout_seconds.get(stage),
     )
+    if stage in CACHED_STAGES and orch.cache:
+        # Outputs deleted since the cached run: run again rather than hand on a result whose files are gone.
+        options.update(
+            cache_key_fn=caching.prefect_key,
+            persist_result=True,
+            refresh_cache=not caching.outputs_present(stage, layout, arch),
+        )
+    return task.with_options(**options)
 
 
 def task_runner(params: Params) -> Any:

@@ -134,6 +134,7 @@ class OrchestrationParams(Section):
     fail_fast: bool = Field(
         True, description="true: any failed architecture fails the run (after the others finish)"
     )
+    cache: bool = Field(True, description="skip stages whose inputs (data, params, code) are unchanged")
     retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
     retry_delay_seconds: float = Field(5.0, ge=0)
     timeout_seconds: dict[str, float] = Field(
