@@ -26,6 +26,9 @@ class DataParams(Section):
     ] = "digits"
     path: str | None = Field(None, description="folder, archive, IDX folder, CSV manifest, or torchvision root")
     download: bool = Field(False, description="torchvision sources: download when `path` lacks the files")
+    classes: list[str] | None = Field(
+        None, description="class names in label order; a label outside them is a bad file; null: the source's own"
+    )
     image_size: int = Field(32, ge=8, le=1024, description="side of the square images every split is resized to")
     channels: Literal[1, 3] | None = Field(None, description="1 or 3; null keeps the source's own")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share, for sources without a test split")

@@ -1,0 +1,377 @@
+"""Stage `ingest`: a source in, `data/prepared/` out.
+
+`data/prepared/` holds, per split (train, val, test): `{split}_images.npy` (uint8 NHWC, read back
+memory-mapped) and `{split}_labels.npy` (int64); `meta.json` (source, classes, counts and a
+sha256 per split, one sha256 over all); `manifest.csv` (every source file, its hash and outcome).
+
+How it runs:
+1. the source yields records in a fixed order; worker processes decode, convert and resize them
+   in batches (`tasks.decode`), and the good images stream into one scratch file;
+2. labels and splits are settled (paths of a folder tree, a stratified carve with a fixed seed);
+3. one sequential pass over the scratch file writes the split files.
+Memory holds a few batches of pixels at a time, whatever the dataset's size. Everything is written
+inside a temporary folder that replaces `data/prepared/` only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from tasks.decode import GRAY_MODES, decode_batch
+from tasks.errors import DataError
+from tasks.files import atomic_dir, read_json, write_json
+from tasks.layout import Layout
+from tasks.params import DataParams, Params
+from tasks.sources import Record, Refusal, Source, open_source, resolve_tree
+
+SPLITS = ("train", "val", "test")
+MANIFEST_FIELDS = ("path", "outcome", "reason", "label", "split", "index", "sha256", "bytes", "width", "height", "mode")
+_SCRATCH = ".decoded.u8"
+_BLOCK = 4096  # images per block when writing the split files
+
+
+# ---------------------------------------------------------------- reading back
+
+
+@dataclass
+class PreparedData:
+    """`data/prepared/` read back: `split(name)` gives memory-mapped images and the labels."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta["channels"])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.meta["splits"]:
+            raise DataError(f"{self.path}: no split {name!r} (have {', '.join(self.meta['splits'])})")
+        images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
+        labels = np.load(self.path / f"{name}_labels.npy")
+        return images, labels
+
+    @cached_property
+    def manifest(self) -> list[dict]:
+        with open(self.path / "manifest.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(f"{path}: no prepared dataset here (meta.json missing); run `zooflow ingest` first")
+    return PreparedData(path, read_json(meta_path))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def ingest(params: Params, layout: Layout) -> dict:
+    data = params.data
+    started = time.perf_counter()
+    source = open_source(data, layout.root)
+    decode_channels = data.channels or source.channels or 3
+    with atomic_dir(layout.prepared) as tmp:
+        scratch = tmp / _SCRATCH
+        rows, gray = _decode_all(source, data, decode_channels, scratch)
+        classes = _settle_labels(source, data, rows)
+        _limit_per_class(rows, data.limit_per_class)
+        ok = [r for r in rows if r["outcome"] == "ok"]
+        labels = np.array([classes.index(r["label"]) for r in ok], dtype=np.int64)
+        hints = [r["split"] for r in ok]
+        split_of = assign_splits(labels, hints, len(classes), data.test_fraction, data.val_fraction, data.split_seed)
+        channels = data.channels or source.channels or (1 if all(gray[r["_pos"]] for r in ok) else 3)
+        positions = np.array([r["_pos"] for r in ok], dtype=np.int64)
+        splits = _write_splits(tmp, scratch, decode_channels, channels, data.image_size, positions, labels,
+                               split_of, len(classes))
+        for name, code in zip(SPLITS, range(3)):
+            for index, row in enumerate(r for r, s in zip(ok, split_of) if s == code):
+                row["split"], row["index"] = name, index
+        scratch.unlink()
+        meta = {
+            "source": source.info,
+            "classes": classes,
+            "num_classes": len(classes),
+            "image_size": data.image_size,
+            "channels": channels,
+            "layout": "NHWC uint8; resized with PIL bicubic (antialiased when shrinking)",
+            "splits": splits,
+            "data_sha256": data_sha256(classes, data.image_size, channels, splits),
+        }
+        write_json(tmp / "meta.json", meta)
+        _write_manifest(tmp / "manifest.csv", rows)
+    bad = [r for r in rows if r["outcome"] == "bad"]
+    return {
+        "source": source.kind,
+        "num_classes": len(classes),
+        "image_size": data.image_size,
+        "channels": channels,
+        "counts": {name: s["count"] for name, s in splits.items()},
+        "bad_files": len(bad),
+        "ignored_files": sum(r["outcome"] == "ignored" for r in rows),
+        "quarantined": [f"{r['path']}: {r['reason']}" for r in bad[:20]],
+        "data_sha256": meta["data_sha256"],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def data_sha256(classes: list[str], image_size: int, channels: int, splits: dict) -> str:
+    """One hash for the whole prepared dataset: classes, shape and every split's hash."""
+    blob = json.dumps({"classes": classes, "image_size": image_size, "channels": channels,
+                       "splits": {name: s["sha256"] for name, s in sorted(splits.items())}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _decode_all(source: Source, data: DataParams, channels: int, scratch: Path) -> tuple[list[dict], list[bool]]:
+    """Decode every record into `scratch` (raw uint8, source order); one manifest row per item."""
+    rows: list[dict] = []
+    gray: list[bool] = []
+    with open(scratch, "wb") as out:
+        for batch, images, infos in _decoded(source.items, data, channels):
+            out.write(np.ascontiguousarray(images).tobytes())
+            for item, info in zip(batch, infos):
+                if isinstance(item, Refusal):
+                    row = _row(item.name, "bad" if item.bad else "ignored", item.reason)
+                    if item.bad:
+                        _bad(data, row)
+                elif info["ok"]:
+                    row = _row(item.name, "ok", "", item.label, item.split, info)
+                    row["_pos"] = len(gray)
+                    gray.append(info["mode"] in GRAY_MODES)
+                else:
+                    row = _row(item.name, "bad", info["reason"], item.label, item.split, info)
+                    _bad(data, row)
+                rows.append(row)
+    return rows, gray
+
+
+def _decoded(items: Iterator[list[Record | Refusal]], data: DataParams, channels: int
+             ) -> Iterator[tuple[list, np.ndarray, list[dict]]]:
+    """(batch, good images, one info per item) in source order; decoded by a pool of processes."""
+    args = (data.image_size, channels, data.max_image_pixels)
+
+    def payloads(batch: list) -> list:
+        return [item.payload for item in batch if isinstance(item, Record)]
+
+    def aligned(batch: list, images: np.ndarray, infos: list[dict]):
+        it = iter(infos)
+        return batch, images, [None if isinstance(item, Refusal) else next(it) for item in batch]
+
+    items = iter(items)
+    head = list(itertools.islice(items, 2))
+    workers = data.workers or _cpu_count()
+    if workers <= 1 or len(head) < 2:  # one batch: not worth starting processes
+        for batch in itertools.chain(head, items):
+            yield aligned(batch, *decode_batch(payloads(batch), *args))
+        return
+    with _pool(workers) as pool:
+        pending: deque = deque()
+        for batch in itertools.chain(head, items):
+            pending.append((batch, pool.apply_async(decode_batch, (payloads(batch), *args))))
+            if len(pending) > 2 * workers:
+                batch, result = pending.popleft()
+                yield aligned(batch, *result.get())
+        while pending:
+            batch, result = pending.popleft()
+            yield aligned(batch, *result.get())
+
+
+def _pool(workers: int):
+    # fork is fast and the workers need nothing but numpy and PIL; elsewhere spawn is the safe choice
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _row(path: str, outcome: str, reason: str, label: str | None = None, split: str | None = None,
+         info: dict | None = None) -> dict:
+    info = info or {}
+    return {"path": path, "outcome": outcome, "reason": reason, "label": label, "split": split, "index": "",
+            **{k: info.get(k, "") for k in ("sha256", "bytes", "width", "height", "mode")}}
+
+
+def _bad(data: DataParams, row: dict) -> None:
+    if data.on_bad_file == "fail":
+        raise DataError(f"{row['path']}: {row['reason']} (data.on_bad_file=fail; `skip` quarantines bad files)")
+
+
+# ---------------------------------------------------------------- labels and splits
+
+
+def _settle_labels(source: Source, data: DataParams, rows: list[dict]) -> list[str]:
+    """Fill in labels (tree sources), drop what names no class, and fix the class order."""
+    where = source.info.get("path", source.kind)
+    empty: list[str] = []
+    if source.tree:
+        empty = resolve_tree(rows, source.dirs)
+    fixed = data.classes or source.classes
+    if fixed is not None:
+        known = set(fixed)
+        for row in rows:
+            if row["outcome"] == "ok" and row["label"] not in known:
+                row.update(outcome="bad", reason=f"label {row['label']!r} names no class "
+                                                   f"(classes: {', '.join(fixed[:20])}{' …' if len(fixed) > 20 else ''})")
+                _bad(data, row)
+    seen = Counter(r["label"] for r in rows if r["outcome"] == "ok")
+    candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(empty))
+    classes = []
+    for name in candidates:
+        if seen[name]:
+            classes.append(name)
+            continue
+        row = _row(f"{name}/" if source.tree else f"class {name}", "bad", "empty class: no usable images")
+        rows.append(row)
+        _bad(data, row)
+    if not classes:
+        raise DataError(f"{where}: no usable images found"
+                        + (" (expected <class>/<image> or train/<class>/<image> folders)" if source.tree else ""))
+    if len(classes) == 1:
+        raise DataError(f"{where}: only one class ({classes[0]!r}); a classifier needs at least two")
+    return classes
+
+
+def _limit_per_class(rows: list[dict], limit: int | None) -> None:
+    if limit is None:
+        return
+    kept: Counter = Counter()
+    for row in rows:
+        if row["outcome"] != "ok":
+            continue
+        key = (row["split"], row["label"])
+        kept[key] += 1
+        if kept[key] > limit:
+            row.update(outcome="ignored", reason=f"beyond data.limit_per_class={limit}")
+
+
+def assign_splits(labels: np.ndarray, hints: list[str | None], num_classes: int, test_fraction: float,
+                  val_fraction: float, seed: int) -> np.ndarray:
+    """Split code per image (0 train, 1 val, 2 test).
+
+    A split the source has is kept; a missing test split is carved first (stratified,
+    `test_fraction`), then a missing val split from what is left of train (`val_fraction`). The two
+    carves use separate random streams, so changing `val_fraction` never moves a test image.
+    """
+    codes = np.array([{"train": 0, "val": 1, "test": 2, None: 0}[h] for h in hints], dtype=np.int8)
+    present = set(hints)
+    if "test" not in present:
+        _carve(codes, labels, num_classes, test_fraction, 2, np.random.default_rng([seed, 2]))
+    if "val" not in present:
+        _carve(codes, labels, num_classes, val_fraction, 1, np.random.default_rng([seed, 1]))
+    return codes
+
+
+def _carve(codes: np.ndarray, labels: np.ndarray, num_classes: int, fraction: float, to: int,
+           rng: np.random.Generator) -> None:
+    for c in range(num_classes):
+        pool = np.flatnonzero((codes == 0) & (labels == c))
+        take = int(round(len(pool) * fraction))
+        if take == 0 and len(pool) >= 2:
+            take = 1  # every class in every split, where there is anything to give
+        codes[rng.permutation(pool)[:take]] = to
+
+
+# ---------------------------------------------------------------- writing
+
+
+class _NpyStream:
+    """A .npy file written front to back in chunks, with a hash of its pixels."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: str = "|u1"):
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.fh, {"descr": dtype, "fortran_order": False, "shape": shape})
+        self.digest = hashlib.sha256()
+
+    def write(self, array: np.ndarray) -> None:
+        buf = np.ascontiguousarray(array).tobytes()
+        self.fh.write(buf)
+        self.digest.update(buf)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _write_splits(tmp: Path, scratch: Path, decode_channels: int, channels: int, size: int, positions: np.ndarray,
+                  labels: np.ndarray, split_of: np.ndarray, num_classes: int) -> dict:
+    """One sequential pass over the scratch file, writing every split's images; then labels and hashes."""
+    per_image = size * size * decode_channels
+    streams = {}
+    for code, name in enumerate(SPLITS):
+        count = int((split_of == code).sum())
+        streams[name] = _NpyStream(tmp / f"{name}_images.npy", (count, size, size, channels))
+    order = np.argsort(positions, kind="stable")  # scratch order (source order)
+    with open(scratch, "rb") as fh:
+        for start in range(0, len(order), _BLOCK):
+            chosen = order[start:start + _BLOCK]
+            lo, hi = int(positions[chosen[0]]), int(positions[chosen[-1]]) + 1
+            fh.seek(lo * per_image)
+            block = np.frombuffer(fh.read((hi - lo) * per_image), np.uint8).reshape(hi - lo, size, size,
+                                                                                   decode_channels)
+            block = block[positions[chosen] - lo][..., :channels]
+            codes = split_of[chosen]
+            for code, name in enumerate(SPLITS):
+                streams[name].write(block[codes == code])
+    splits = {}
+    for code, name in enumerate(SPLITS):
+        stream = streams[name]
+        stream.close()
+        split_labels = labels[order][split_of[order] == code]
+        np.save(tmp / f"{name}_labels.npy", split_labels)
+        stream.digest.update(split_labels.astype("<i8").tobytes())
+        splits[name] = {
+            "count": int(len(split_labels)),
+            "per_class": np.bincount(split_labels, minlength=num_classes).tolist(),
+            "sha256": stream.digest.hexdigest(),
+        }
+    return splits
+
+
+def _write_manifest(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in MANIFEST_FIELDS})
+
+
+# ---------------------------------------------------------------- Prefect
+
+ingest_task = task(name="ingest")(ingest)

@@ -1,0 +1,106 @@
+"""Ingest of the embedded default (digits) and the prepared-data contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.errors import DataError
+from tasks.ingest import SPLITS, assign_splits, ingest, load_prepared
+from tasks.layout import Layout
+from tasks.params import load_params
+
+
+def params_for(tmp_path: Path, *overrides: str):
+    return load_params(tmp_path / "missing-params.yaml", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    layout = Layout(root)
+    summary = ingest(params_for(root), layout)
+    return layout, summary
+
+
+def test_digits_contract(digits):
+    layout, summary = digits
+    prepared = load_prepared(layout.prepared)
+    assert prepared.classes == [str(i) for i in range(10)]
+    assert prepared.num_classes == 10 and prepared.image_size == 32 and prepared.channels == 1
+    total = 0
+    for name in SPLITS:
+        images, labels = prepared.split(name)
+        assert isinstance(images, np.memmap)
+        assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 1)
+        assert labels.dtype == np.int64 and len(labels) == len(images)
+        assert set(np.unique(labels)) == set(range(10))
+        assert prepared.meta["splits"][name]["count"] == len(labels)
+        assert prepared.meta["splits"][name]["per_class"] == np.bincount(labels, minlength=10).tolist()
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + labels.astype("<i8").tobytes())
+        assert prepared.meta["splits"][name]["sha256"] == digest.hexdigest()
+        total += len(labels)
+    assert total == 1797
+    counts = summary["counts"]
+    assert counts["test"] == pytest.approx(1797 * 0.2, abs=10)
+    assert counts["val"] == pytest.approx((1797 - counts["test"]) * 0.1, abs=10)
+    assert summary["bad_files"] == 0 and summary["data_sha256"] == prepared.meta["data_sha256"]
+    json.dumps(summary)
+    images, _ = prepared.split("train")
+    assert images.max() == 255 and images.min() == 0
+    assert len(prepared.manifest) == 1797 and {r["outcome"] for r in prepared.manifest} == {"ok"}
+    assert not list(layout.prepared.glob(".*")), "no scratch files left behind"
+
+
+def test_digits_deterministic(digits, tmp_path):
+    layout, _ = digits
+    other = Layout(tmp_path)
+    ingest(params_for(tmp_path), other)
+    for path in sorted(layout.prepared.iterdir()):
+        assert path.read_bytes() == (other.prepared / path.name).read_bytes(), path.name
+
+
+def test_digits_resize_and_channels(tmp_path):
+    layout = Layout(tmp_path)
+    summary = ingest(params_for(tmp_path, "data.image_size=16", "data.channels=3", "data.limit_per_class=20"), layout)
+    prepared = load_prepared(layout.prepared)
+    images, labels = prepared.split("train")
+    assert images.shape[1:] == (16, 16, 3)
+    assert np.array_equal(images[..., 0], images[..., 2])
+    assert sum(summary["counts"].values()) == 200
+
+
+def test_reingest_replaces_atomically(digits, tmp_path):
+    layout = Layout(tmp_path)
+    ingest(params_for(tmp_path, "data.limit_per_class=10"), layout)
+    ingest(params_for(tmp_path, "data.limit_per_class=12"), layout)
+    assert load_prepared(layout.prepared).meta["splits"]["train"]["count"] < 120
+    assert sorted(p.name for p in tmp_path.joinpath("data").iterdir()) == ["prepared"]
+
+
+def test_load_prepared_missing(tmp_path):
+    with pytest.raises(DataError, match="no prepared dataset"):
+        load_prepared(tmp_path)
+
+
+def test_assign_splits_keeps_test_fixed_when_val_changes():
+    labels = np.repeat(np.arange(3), 50)
+    hints = [None] * len(labels)
+    a = assign_splits(labels, hints, 3, 0.2, 0.1, seed=7)
+    b = assign_splits(labels, hints, 3, 0.2, 0.3, seed=7)
+    assert np.array_equal(a == 2, b == 2)
+    assert (a == 2).sum() == 30 and (a == 1).sum() == 12
+    c = assign_splits(labels, hints, 3, 0.2, 0.1, seed=8)
+    assert not np.array_equal(a, c)
+
+
+def test_assign_splits_respects_source_splits():
+    labels = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 1])
+    hints = ["test", "test", "test", "test", "train", "train", "train", "train", "train", "train"]
+    codes = assign_splits(labels, hints, 2, 0.2, 0.25, seed=0)
+    assert list(codes[:4]) == [2, 2, 2, 2]
+    assert (codes[4:] == 1).sum() == 2  # one per class carved from train
