@@ -207,7 +207,7 @@ def _format(exc: ValidationError, prefix: str = "") -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in err and err["type"] not in ("missing",):
+        elif "input" in err and err["type"] not in ("missing", "value_error"):
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
