@@ -158,9 +158,22 @@ def history(
 @app.command()
 def zoo() -> None:
     """The architecture catalogue: family, year, params and FLOPs at 32×32 and 224×224, paper."""
+    from rich.console import Console
+    from rich.table import Table
+
     import models
 
-    typer.echo(models.format_catalogue(models.catalogue()))
+    table = Table("name", "family", "year", "params", "GFLOPs 32²", "GFLOPs 224²", "paper", box=None)
+    for row in models.catalogue():
+        table.add_row(
+            row["name"], row["family"], str(row["year"]), f"{row['params']:,}",
+            _gflops(row["flops_32"]), _gflops(row["flops_224"]), row["paper"],
+        )
+    Console(width=200).print(table)
+
+
+def _gflops(flops: int | None) -> str:
+    return "—" if flops is None else f"{flops / 1e9:.3f}"
 
 
 def _check_arch(params, arch: str) -> None:
