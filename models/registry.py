@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 
@@ -65,3 +66,12 @@ class FittedClassifier(nn.Module):
 
     def fit(self, x: Tensor, y: Tensor) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # What was fitted (the memorised training set, the class statistics) is held in buffers whose
+        # shapes are only known after fit(): take the saved shapes so a fresh model loads a fitted one.
+        for name, buf in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if buf is not None and saved is not None and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=saved.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

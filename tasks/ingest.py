@@ -165,15 +165,15 @@ def _decode_all(source: Source, data: DataParams, channels: int, scratch: Path) 
             for item, info in zip(batch, infos):
                 if isinstance(item, Refusal):
                     row = _row(item.name, "bad" if item.bad else "ignored", item.reason)
-                    if item.bad:
-                        _bad(data, row)
                 elif info["ok"]:
                     row = _row(item.name, "ok", "", item.label, item.split, info)
                     row["_pos"] = len(gray)
                     gray.append(info["mode"] in GRAY_MODES)
                 else:
                     row = _row(item.name, "bad", info["reason"], item.label, item.split, info)
-                    _bad(data, row)
+                row["_file"] = isinstance(item, Record)
+                if row["outcome"] == "bad" and not (source.tree and row["_file"]):
+                    _bad(data, row)  # a tree's file may yet turn out to lie outside the tree: judged later
                 rows.append(row)
     return rows, gray
 
@@ -240,9 +240,12 @@ def _bad(data: DataParams, row: dict) -> None:
 def _settle_labels(source: Source, data: DataParams, rows: list[dict]) -> list[str]:
     """Fill in labels (tree sources), drop what names no class, and fix the class order."""
     where = source.info.get("path", source.kind)
-    empty: list[str] = []
+    found: list[str] = []
     if source.tree:
-        empty = resolve_tree(rows, source.dirs)
+        found = resolve_tree(rows, source.dirs)
+        for row in rows:
+            if row["outcome"] == "bad" and row["_file"]:
+                _bad(data, row)
     fixed = data.classes or source.classes
     if fixed is not None:
         known = set(fixed)
@@ -252,7 +255,7 @@ def _settle_labels(source: Source, data: DataParams, rows: list[dict]) -> list[s
                                                    f"(classes: {', '.join(fixed[:20])}{' …' if len(fixed) > 20 else ''})")
                 _bad(data, row)
     seen = Counter(r["label"] for r in rows if r["outcome"] == "ok")
-    candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(empty))
+    candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(found))
     classes = []
     for name in candidates:
         if seen[name]:

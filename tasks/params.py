@@ -40,34 +40,107 @@ class DataParams(Section):
     workers: int = Field(0, ge=0, description="decoding processes; 0: all cores")
 
 
+VALIDATION_CHECKS: dict[str, tuple[str, str]] = {  # name -> (default severity, what it guards)
+    "labels_in_class_set": ("blocking", "every label names a class"),
+    "shapes_and_dtypes": ("blocking", "uint8 NHWC images of data.image_size, int64 labels"),
+    "min_per_class": ("blocking", "every class in every split has validate.min_per_class images"),
+    "imbalance_ratio": ("warning", "largest / smallest class within a split is under validate.max_imbalance_ratio"),
+    "no_test_leakage": ("blocking", "no exact-duplicate image shared between train/val and test"),
+    "no_train_val_overlap": ("warning", "no exact-duplicate image shared between train and val"),
+    "duplicates_within_split": ("blocking", "exact duplicates within a split under validate.max_duplicate_fraction"),
+    "near_constant_images": ("warning", "near-constant (blank) images under validate.max_constant_fraction"),
+}
+
+
 class ValidateParams(Section):
     min_per_class: int = Field(5, ge=1, description="every class needs this many images in every split")
     max_imbalance_ratio: float = Field(10.0, ge=1, description="largest / smallest class count within a split")
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1, description="exact duplicates within a split")
     max_constant_fraction: float = Field(0.01, ge=0, le=1, description="near-constant (blank) images")
+    constant_std: float = Field(2.0, ge=0, description="an image whose pixel std is below this is near-constant")
     severity: dict[str, Literal["blocking", "warning"]] = Field(
-        default_factory=dict, description="per-expectation override of blocking/warning"
+        default_factory=dict, description="per-check override of blocking/warning; checks: " + ", ".join(VALIDATION_CHECKS)
     )
+
+    @field_validator("severity")
+    @classmethod
+    def _known_checks(cls, severity: dict[str, str]) -> dict[str, str]:
+        for name in severity:
+            if name not in VALIDATION_CHECKS:
+                raise ValueError(f"unknown check {name!r}; allowed: {', '.join(VALIDATION_CHECKS)}")
+        return severity
 
 
 class AugmentParams(Section):
+    """The training-time augmentation policy, applied batched on the training device (tasks/augment.py).
+
+    Order: policy (uint8) -> resized crop / scale jitter -> padded crop -> flip -> colour jitter -> PCA
+    lighting -> normalise -> cutout / random erasing -> mixup / cutmix."""
+
     crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels; 0: off")
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
-    hflip: bool = Field(True, description="random horizontal flip")
+    padding_mode: Literal["zeros", "reflect"] = Field("zeros", description="how the crop pads: black or mirrored")
+    hflip: bool = Field(True, description="random horizontal flip, p=0.5")
+    brightness: float = Field(0.0, ge=0, description="colour jitter: brightness factor in [1-b, 1+b]; 0: off")
+    contrast: float = Field(0.0, ge=0, description="colour jitter: contrast factor in [1-c, 1+c]; 0: off")
+    saturation: float = Field(0.0, ge=0, description="colour jitter: saturation factor in [1-s, 1+s]; 0: off")
+    hue: float = Field(0.0, ge=0, le=0.5, description="colour jitter: hue rotation in [-h, h] turns; 0: off")
+    pca_lighting: float = Field(0.0, ge=0, description="AlexNet's PCA lighting noise: std of the eigen-weights (0.1 in the paper); 0: off")
+    scale_jitter: tuple[float, float] | None = Field(
+        None, description="VGG scale jittering: rescale to side S in [min, max] x image_size, then crop image_size; null: off"
+    )
+    random_resized_crop: tuple[float, float] | None = Field(
+        None, description="Inception-style random resized crop: area fraction range, e.g. [0.35, 1]; null: off"
+    )
+    rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect-ratio range of the random resized crop")
+    cutout: int = Field(0, ge=0, description="cutout: side in pixels of a square zeroed at a random centre; 0: off")
+    random_erasing: float = Field(0.0, ge=0, le=1, description="random erasing probability (Zhong et al.); 0: off")
+    erasing_scale: tuple[float, float] = Field((0.02, 0.33), description="erased area fraction range")
+    erasing_ratio: tuple[float, float] = Field((0.3, 3.3), description="erased rectangle aspect-ratio range")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0: off (both on: one per batch, 50/50)")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup/cutmix is on")
+    policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = Field(
+        "none", description="policy augmentation from torchvision.transforms.v2, applied per sample"
+    )
+    autoaugment_policy: Literal["cifar10", "imagenet", "svhn"] = "cifar10"
+    randaugment_ops: int = Field(2, ge=1, description="RandAugment: ops per image (N)")
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment: magnitude (M)")
     preview_images: int = Field(64, ge=1, le=256)
 
 
 class OptimizerParams(Section):
     name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
     weight_decay: float = Field(5e-4, ge=0)
+    exclude_bn_bias_decay: bool = Field(False, description="no weight decay on normalisation weights and biases")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
+    eps: float = Field(1e-8, gt=0, description="adam/adamw/rmsprop/adagrad/adadelta epsilon")
+    alpha: float = Field(0.99, gt=0, lt=1, description="rmsprop smoothing constant")
+    rho: float = Field(0.9, gt=0, lt=1, description="adadelta decay of the squared-gradient average")
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="auto: fused on CUDA where torch offers it, else torch's default"
+    )
 
 
 class ScheduleParams(Section):
-    name: Literal["constant", "cosine"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
+    name: Literal["constant", "cosine", "step", "exponential", "plateau", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0, ge=0, description="linear warm-up from warmup_start_factor x lr, per step")
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+    milestones: list[int] = Field(
+        default_factory=list, description="step: epochs at which lr is multiplied by step_gamma; empty: 50% and 75% of the run"
+    )
+    step_gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone (divide by 10)")
+    exp_gamma: float = Field(0.96, gt=0, le=1, description="exponential: factor every exp_every epochs (GoogLeNet: 0.96 / 8)")
+    exp_every: int = Field(8, ge=1)
+    plateau_factor: float = Field(0.1, gt=0, lt=1, description="plateau: lr factor when val accuracy stops improving")
+    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the cut")
+    plateau_threshold: float = Field(1e-3, ge=0, description="plateau: smallest val-accuracy gain that counts")
+    onecycle_pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+    onecycle_div: float = Field(25.0, ge=1, description="onecycle: start lr = lr / div")
+    onecycle_final_div: float = Field(1e4, ge=1, description="onecycle: final lr = lr / (div * final_div)")
 
 
 class TrainParams(Section):
@@ -78,6 +151,22 @@ class TrainParams(Section):
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     deterministic: bool = Field(True, description="deterministic kernels: same seed, same weights")
+    grad_clip: float = Field(0.0, ge=0, description="clip the gradients' global L2 norm to this; 0: off")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="model EMA decay (e.g. 0.999), selected on val when on; 0: off")
+    early_stopping: int = Field(0, ge=0, description="stop after this many epochs without a better val accuracy; 0: off")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the steps of an epoch (smoke runs)")
+    amp: Literal["auto", "bf16", "off"] = Field("auto", description="autocast: auto is bf16 on CUDA, off elsewhere")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    cudnn_benchmark: bool = Field(True, description="cudnn autotuning on CUDA (off when deterministic)")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager when it fails)")
+    data_placement: Literal["auto", "device", "ram", "mmap"] = Field(
+        "auto", description="where the uint8 train split lives: auto = the device when it fits, else RAM, else memory-mapped"
+    )
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: torch's default (all cores)")
+    resume: bool = Field(True, description="continue from outputs/train/<arch>/checkpoint.pt when its params match")
+    progress: Literal["auto", "bar", "log", "off"] = Field(
+        "auto", description="auto: a tqdm bar on a terminal, one log line per epoch otherwise"
+    )
     model_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-architecture keyword options for models.build"
     )
@@ -111,21 +200,37 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="inference batch size")
+    tta: Literal["none", "flip", "multicrop"] = Field(
+        "none", description="test-time augmentation reported beside the plain metrics: mirror, or 10-view crops"
+    )
+    ece_bins: int = Field(15, ge=1, le=100, description="confidence bins of the expected calibration error")
+    measure_speed: bool = Field(True, description="measure latency (batch 1) and throughput")
+    latency_repeats: int = Field(20, ge=1, description="timed batch-1 forward passes (the median is reported)")
+    throughput_batch: int = Field(256, ge=1, description="batch size of the throughput measurement")
 
 
 class EnsembleParams(Section):
-    method: Literal["soft"] = "soft"
+    method: Literal["auto", "soft", "hard", "weighted", "greedy"] = Field(
+        "auto", description="the ensemble written out; auto: the best of all methods on val"
+    )
+    members: list[str] | None = Field(None, description="architectures to combine; null: every evaluated one")
+    greedy_rounds: int = Field(25, ge=1, description="additions in greedy forward selection (with replacement)")
 
 
 class RegisterParams(Section):
-    model_name: str = Field("digits-classifier", min_length=1)
+    model_name: str = Field("digits-classifier", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     min_delta: float = Field(0.0, ge=0, description="val accuracy the challenger must gain over staging")
+    candidates: Literal["all", "single", "ensemble"] = Field(
+        "all", description="what may be registered: the best single model, the ensemble, or the best of both"
+    )
 
 
 class MlflowParams(Section):
     tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "zooflow"
+    http_retries: int = Field(3, ge=0, description="retries of a transient HTTP error (server mode)")
+    http_timeout: int = Field(30, ge=1, description="seconds before an HTTP request to the server fails")
 
 
 class OrchestrationParams(Section):

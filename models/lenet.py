@@ -1,0 +1,144 @@
+"""LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998), as in the paper's Fig. 2 and Appendix A.
+
+C1 conv 6@28x28 -> S2 trainable subsampling -> C3 conv 16@10x10 with the partial connection table
+(Table I) -> S4 subsampling -> C5 conv 120@1x1 -> F6 84 -> output. Every layer up to F6 is squashed
+by the scaled tanh f(a) = 1.7159 tanh(2a/3). The output is a trainable linear layer by default, or
+the paper's Euclidean RBF units with fixed +-1 centres (`output="rbf"`).
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.blocks import require_size
+from models.registry import register
+
+PAPER = "LeCun et al., Gradient-Based Learning Applied to Document Recognition (1998)"
+
+# Table I: which of the six S2 maps feed each of the sixteen C3 maps. Breaking the symmetry
+# forces the maps to learn different features, and keeps the connection count down.
+C3_TABLE: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)
+
+
+class ScaledTanh(nn.Module):
+    """f(a) = A tanh(S a) with A = 1.7159, S = 2/3 (Appendix A): f(+-1) = +-1, max gain near the origin."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
+class Subsampling(nn.Module):
+    """S2/S4: the four inputs of a 2x2 window are added, multiplied by one trainable coefficient
+    per map, and a trainable bias per map is added (2 parameters per map)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.coefficient = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = F.avg_pool2d(x, 2) * 4  # sum over the 2x2 window
+        return pooled * self.coefficient[:, None, None] + self.bias[:, None, None]
+
+
+class C3Convolution(nn.Module):
+    """5x5 convolution where output map j sees only the input maps C3_TABLE[j] (60 of 96 links).
+
+    Only the connected kernels are parameters (60 x 25 weights + 16 biases = 1,516); they are
+    scattered into a dense, mostly zero kernel so the layer is one ordinary convolution.
+    """
+
+    def __init__(self, table: tuple[tuple[int, ...], ...] = C3_TABLE, in_maps: int = 6, kernel_size: int = 5) -> None:
+        super().__init__()
+        outs = [j for j, ins in enumerate(table) for _ in ins]
+        ins = [i for inputs in table for i in inputs]
+        self.shape = (len(table), in_maps, kernel_size, kernel_size)
+        self.register_buffer("out_index", torch.tensor(outs), persistent=False)
+        self.register_buffer("in_index", torch.tensor(ins), persistent=False)
+        self.weight = nn.Parameter(torch.empty(len(ins), kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(len(table)))
+
+    def dense_weight(self) -> Tensor:
+        w = self.weight.new_zeros(self.shape)
+        return w.index_put((self.out_index, self.in_index), self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.dense_weight(), self.bias)
+
+
+class EuclideanRBF(nn.Module):
+    """Output layer: y_i = sum_j (x_j - w_ij)^2, with fixed centres w_i in {-1, +1}^84.
+
+    The paper hand-draws the centres as 7x12 bitmaps of the characters, noting random +-1 codes
+    would also do; we draw them at random (fixed seed) so any number of classes works. The scores
+    returned are -y_i: the closest centre has the largest logit.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, seed: int = 1998) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        centres = torch.randint(0, 2, (num_classes, in_features), generator=g).float() * 2 - 1
+        self.register_buffer("centres", centres)  # fixed, not trained
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -((x[:, None, :] - self.centres[None]) ** 2).sum(-1)
+
+
+class LeNet5(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, output: str = "linear") -> None:
+        super().__init__()
+        if output not in ("linear", "rbf"):
+            raise ValueError(f"lenet5 output must be 'linear' or 'rbf', got {output!r}")
+        squash = ScaledTanh
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5), squash(),  # C1: 6@28x28
+            Subsampling(6), squash(),                 # S2: 6@14x14
+            C3Convolution(), squash(),                # C3: 16@10x10
+            Subsampling(16), squash(),                # S4: 16@5x5
+            nn.Conv2d(16, 120, 5), squash(),          # C5: 120@1x1
+        )
+        self.f6 = nn.Sequential(nn.Linear(120, 84), squash())
+        self.output = EuclideanRBF(84, num_classes) if output == "rbf" else nn.Linear(84, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Appendix A: weights uniform in +-2.4/F_i, F_i the fan-in, keeping the sums in the tanh's
+        # linear range. (Subsampling coefficients start at 1/4 x 4 inputs = an average.)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                nn.init.uniform_(m.weight, -2.4 / fan_in, 2.4 / fan_in)
+                nn.init.uniform_(m.bias, -2.4 / fan_in, 2.4 / fan_in)
+            elif isinstance(m, C3Convolution):
+                start = 0
+                for j, ins in enumerate(C3_TABLE):  # the kernels of map j are rows start..start+len(ins)
+                    bound = 2.4 / (len(ins) * 25)
+                    nn.init.uniform_(m.weight[start : start + len(ins)], -bound, bound)
+                    nn.init.uniform_(m.bias[j : j + 1], -bound, bound)
+                    start += len(ins)
+            elif isinstance(m, Subsampling):
+                nn.init.constant_(m.coefficient, 0.25)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.f6(self.features(x).flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.forward_features(x))
+
+
+@register("LeNet-5", 1998, PAPER, scale="small")
+def lenet5(num_classes: int, in_channels: int = 1, image_size: int = 32, output: str = "linear") -> nn.Module:
+    """32x32 input (MNIST's 28x28 digits padded, as in the paper); C5 then sees exactly 5x5."""
+    require_size("lenet5", image_size, (32,))
+    return LeNet5(num_classes, in_channels, output)
+
+

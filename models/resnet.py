@@ -1,0 +1,156 @@
+"""ResNet (He, Zhang, Ren & Sun 2015): residual learning, y = F(x) + x.
+
+ImageNet ResNet-18/34/50/101/152 are torchvision's (basic and bottleneck blocks, projection
+shortcuts, option B); at small inputs their stem becomes the CIFAR one (3x3 conv, no max pool).
+The CIFAR networks of Sec. 4.2 are written here: 6n+2 layers, 16-32-64 channels, option A
+(parameter-free) shortcuts, and the matching *plain* networks without shortcuts for the
+degradation experiment (Fig. 6). Stochastic depth and SE reuse these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv
+from torchvision.ops import StochasticDepth
+
+from models.blocks import ShortcutA, conv1x1, conv3x3, init_conv_bn, is_small, replace_first_conv
+from models.registry import register
+
+PAPER = "He et al., Deep Residual Learning for Image Recognition (2015)"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers, the shortcut added before the last ReLU (Fig. 2).
+
+    `shortcut`: "A" zero-pads and subsamples (CIFAR, Sec. 4.2), "B" projects with a 1x1 conv where
+    the shape changes, None gives the plain block. `drop_prob` > 0 drops the whole residual
+    branch for the whole mini-batch in training (stochastic depth, Huang et al. 2016); at test
+    time the branch is always used (torchvision's StochasticDepth rescales in training instead
+    of at test time, which is the same in expectation).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "A",
+                 drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module | None
+        if shortcut is None:
+            self.shortcut = None
+        elif stride == 1 and in_planes == planes:
+            self.shortcut = nn.Identity()
+        elif shortcut == "A":
+            self.shortcut = ShortcutA(in_planes, planes, stride)
+        elif shortcut == "B":
+            self.shortcut = nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
+        else:
+            raise ValueError(f"shortcut must be 'A', 'B' or None, got {shortcut!r}")
+        self.stochastic_depth = StochasticDepth(drop_prob, "batch") if drop_prob > 0 else nn.Identity()
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.stochastic_depth(self.residual(x))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """conv3x3(16) -> 3 stages of n blocks at 32x32, 16x16, 8x8 with 16, 32, 64 filters -> global
+    average pool -> fc. Depth 6n+2.
+
+    `final_survival` < 1 turns on stochastic depth with the linear decay rule p_l = 1 - l/L (1 - p_L)
+    over the L residual blocks.
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
+                 block: Callable[..., nn.Module] = BasicBlock, widths: Sequence[int] = (16, 32, 64),
+                 shortcut: str | None = "A", final_survival: float = 1.0) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        n = (depth - 2) // 6
+        total = 3 * n
+        self.conv1 = conv3x3(in_channels, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, in_planes, index = [], widths[0], 0
+        for stage, planes in enumerate(widths):
+            blocks = []
+            for i in range(n):
+                index += 1
+                stride = 2 if stage > 0 and i == 0 else 1
+                drop = index / total * (1.0 - final_survival)
+                blocks.append(block(in_planes, planes, stride, shortcut=shortcut, drop_prob=drop))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(in_planes, num_classes)
+        init_conv_bn(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def adapt_stem(model: tv.ResNet, in_channels: int, small: bool) -> tv.ResNet:
+    """torchvision ResNet -> `in_channels` inputs; at small scale the CIFAR stem: a 3x3 stride-1
+    conv and no max pool, so a 32x32 image reaches the last stage at 4x4 instead of 1x1."""
+    if small:
+        model.conv1 = replace_first_conv(model.conv1, in_channels, kernel_size=3, stride=1, padding=1)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = replace_first_conv(model.conv1, in_channels)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def imagenet_resnet(block: type[nn.Module], layers: list[int], num_classes: int, in_channels: int, image_size: int,
+                    variant: str | None = None, **kwargs) -> tv.ResNet:
+    """torchvision's ResNet with any block (ResNeXt, SE and deformable blocks plug in here)."""
+    model = tv.ResNet(block, layers, num_classes=num_classes, **kwargs)
+    return adapt_stem(model, in_channels, is_small(image_size, variant))
+
+
+def _imagenet(name: str, block: type[nn.Module], layers: list[int]) -> None:
+    def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+        return imagenet_resnet(block, layers, num_classes, in_channels, image_size, variant)
+
+    builder.__doc__ = f"{name}: torchvision's, {layers} {block.__name__}s; CIFAR stem below 128 px."
+    register("ResNet", 2015, PAPER, scale="any", name=name)(builder)
+
+
+_imagenet("resnet18", tv.BasicBlock, [2, 2, 2, 2])
+_imagenet("resnet34", tv.BasicBlock, [3, 4, 6, 3])
+_imagenet("resnet50", tv.Bottleneck, [3, 4, 6, 3])
+_imagenet("resnet101", tv.Bottleneck, [3, 4, 23, 3])
+_imagenet("resnet152", tv.Bottleneck, [3, 8, 36, 3])
+
+
+def _cifar(depth: int, plain: bool) -> None:
+    name = f"{'plain' if plain else 'resnet'}{depth}"
+
+    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
+                widths: Sequence[int] = (16, 32, 64)) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), shortcut=None if plain else "A")
+
+    builder.__doc__ = f"CIFAR {name} (Sec. 4.2, n={(depth - 2) // 6}){', no shortcuts' if plain else ', option A'}."
+    register("ResNet", 2015, PAPER, scale="small", name=name)(builder)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _cifar(_depth, plain=False)
+    _cifar(_depth, plain=True)

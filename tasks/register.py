@@ -1,0 +1,359 @@
+"""Register the best candidate on val — one architecture or the ensemble — as one MLflow pyfunc model.
+
+The model is `tasks.serving.ZooClassifier` over a bundle (manifest + one `state_dict` per member),
+with `models/` and `tasks/serving.py` shipped as `code_paths`, a signature that takes uint8 images
+of any size, an input example, pinned requirements, a model card as the version's description and
+lineage tags. The new version gets the alias `challenger`; `tasks.promote` decides about `staging`.
+
+Server mode (`MLFLOW_TRACKING_URI=http://...`): MLflow's HTTP client retries transient errors
+(`mlflow.http_retries`), an unreachable server is a `UserError` before anything is written, and a
+version whose registration did not complete is deleted again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from tasks import tracking
+from tasks.errors import UserError
+from tasks.files import read_json, write_json
+from tasks.layout import Layout
+from tasks.params import Params
+from tasks.serving import BUNDLE_FORMAT, MANIFEST, ZooClassifier
+
+PROJECT = Path(__file__).resolve().parent.parent
+TAG = "zooflow."  # prefix of every tag zooflow writes
+
+
+# --------------------------------------------------------------------------- the tracking server
+
+
+def is_remote(params: Params) -> bool:
+    return tracking.tracking_uri(params).startswith(("http://", "https://"))
+
+
+def connect(params: Params):
+    """An MlflowClient for the registry; in server mode, first a bounded health check.
+
+    Raises UserError with the URI when the server does not answer, before anything is written.
+    """
+    uri = tracking.tracking_uri(params)
+    if is_remote(params):
+        # MLflow's own client reads these per request: retries with backoff on 429/5xx and
+        # connection errors (the transient ones), and a timeout instead of a hang.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.mlflow.http_retries)
+        os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.mlflow.http_timeout)
+        health = uri.rstrip("/") + "/health"
+        last: Exception | None = None
+        for attempt in range(params.mlflow.http_retries + 1):
+            try:
+                with urllib.request.urlopen(health, timeout=min(10, params.mlflow.http_timeout)) as reply:
+                    if reply.status == 200:
+                        last = None
+                        break
+            except (urllib.error.URLError, OSError) as exc:
+                last = exc
+                if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
+                    break
+            if attempt < params.mlflow.http_retries:
+                import time
+
+                time.sleep(min(2**attempt, 8))
+        if last is not None:
+            reason = getattr(last, "reason", last)
+            raise UserError(f"MLflow server at {uri} is not reachable ({reason}); start it "
+                            f"(`mlflow server --host 127.0.0.1 --port PORT`) or unset MLFLOW_TRACKING_URI")
+    return tracking.client(params)
+
+
+@contextmanager
+def server_errors(params: Params, doing: str) -> Iterator[None]:
+    """An MLflow error that means 'the server is gone' becomes a one-line UserError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        text = str(exc)
+        if is_remote(params) and any(s in text for s in ("Max retries", "Connection", "connect", "timed out",
+                                                         "503", "502", "504")):
+            raise UserError(f"MLflow server at {tracking.tracking_uri(params)} failed while {doing}: "
+                            f"{text.splitlines()[0][:300]}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
+    """Every registrable candidate with its val/test metrics: single architectures and the ensemble."""
+    out = []
+    if params.register.candidates in ("all", "single"):
+        for arch in params.train.architectures:
+            path = layout.eval(arch) / "metrics.json"
+            if path.exists():
+                m = read_json(path)
+                out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
+                            "val": m["val"], "test": m["test"], "params": m.get("params")})
+    ens = layout.ensemble / "ensemble.json"
+    if params.register.candidates in ("all", "ensemble") and ens.exists():
+        chosen = read_json(ens)["chosen"]
+        if len(chosen["weights"]) > 1:
+            out.append({"kind": "ensemble", "name": f"ensemble:{chosen['method']}", "members": chosen["weights"],
+                        "vote": chosen["vote"], "val": chosen["val"], "test": chosen["test"]})
+    return out
+
+
+def best_candidate(cands: list[dict]) -> dict:
+    """Chosen on val only: accuracy, then NLL; a tie goes to the single model (simpler to serve)."""
+    if not cands:
+        raise UserError("register: nothing to register — no evaluated architecture under outputs/eval/ "
+                        "(run `zooflow evaluate --arch NAME` or `zooflow run` first)")
+    return max(cands, key=lambda c: (c["val"]["accuracy"], -c["val"]["nll"], c["kind"] == "single"))
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def build_kwargs(params: Params, layout: Layout, arch: str, meta: Any) -> dict[str, Any]:
+    """How `models.build` made `arch`: from train.json when it says, else from the data and params."""
+    from tasks.evaluate import meta_value
+
+    train = read_json(layout.train(arch) / "train.json") if (layout.train(arch) / "train.json").exists() else {}
+    for key in ("build_kwargs", "model_kwargs", "build"):
+        if isinstance(train.get(key), dict):
+            kwargs = dict(train[key])
+            kwargs.pop("name", None)
+            kwargs.pop("arch", None)
+            return kwargs
+    return {"num_classes": int(meta_value(meta, "num_classes")), "in_channels": int(meta_value(meta, "channels")),
+            "image_size": int(meta_value(meta, "image_size")),
+            **params.train.for_arch(arch).model_options.get(arch, {})}
+
+
+def write_bundle(folder: Path, members: dict[str, tuple[torch.nn.Module, dict, float]], vote: str,
+                 classes: list[str], prep: dict) -> dict:
+    """Write the serving bundle: `manifest.json` and `<arch>.pt` state dicts (no pickled objects)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for arch, (model, kwargs, weight) in members.items():
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, folder / f"{arch}.pt")
+        entries.append({"arch": arch, "build_kwargs": kwargs, "weights": f"{arch}.pt", "weight": float(weight)})
+    manifest = {"format": BUNDLE_FORMAT, "classes": [str(c) for c in classes], "vote": vote,
+                "members": entries, **prep}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def pinned_requirements() -> list[str]:
+    import cloudpickle
+    import mlflow
+    import pandas
+
+    def pin(name: str, version: str) -> str:
+        return f"{name}=={version.split('+')[0]}"
+
+    return [pin("mlflow", mlflow.__version__), pin("torch", torch.__version__), pin("numpy", np.__version__),
+            pin("pandas", pandas.__version__), pin("cloudpickle", cloudpickle.__version__)]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: Params) -> str:
+    """The version description: what it is, on what data, how good, how it was made."""
+    import models
+
+    lines = [f"# {params.register.model_name}: {cand['name']}", ""]
+    lines += ["## Architecture", ""]
+    for arch, weight in cand["members"].items():
+        info = models.available().get(arch)
+        what = f"{info.family} ({info.year}) — {info.paper}" if info else arch
+        t = train_info.get(arch, {})
+        lines.append(f"- **{arch}**, weight {weight:.3f}: {what}; {t.get('params', '?')} parameters, "
+                     f"trained {t.get('train_seconds', 0):.1f} s on {t.get('device', '?')}, "
+                     f"best epoch {t.get('best_epoch', '-')}")
+    if cand["kind"] == "ensemble":
+        lines.append(f"- combined by {cand['vote']} voting ({cand['name'].split(':', 1)[1]}), weights fitted on val")
+    v, t = cand["val"], cand["test"]
+    lines += ["", "## Metrics", "", "| split | top-1 | top-5 | NLL | ECE |", "| --- | --- | --- | --- | --- |",
+              f"| val | {_pct(v.get('accuracy'))} | {_pct(v.get('top5'))} | {v.get('nll', 0):.4f} | {v.get('ece', 0):.4f} |",
+              f"| test | {_pct(t.get('accuracy'))} | {_pct(t.get('top5'))} | {t.get('nll', 0):.4f} | {t.get('ece', 0):.4f} |",
+              "", "Chosen on val; test is reported, never used to choose.", ""]
+    lines += ["## Data", "", f"- data sha256: `{lineage['data_sha256']}`", f"- classes: {lineage['classes']}",
+              f"- input: uint8 images N x H x W x C of any size, resized to {lineage['image_size']} px, "
+              f"{lineage['channels']} channel(s)", ""]
+    lines += ["## Training", "", f"- total train time: {lineage['train_seconds']:.1f} s",
+              f"- params: `{params.section('train')}`", ""]
+    lines += ["## Lineage", "", f"- git commit: `{lineage['git_commit']}`",
+              f"- registered: {lineage['registered_at']}",
+              f"- MLflow runs: {', '.join(f'{a}={r}' for a, r in lineage['runs'].items()) or '-'}", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _signature(example: np.ndarray, output):
+    """Input: uint8 images N x H x W x C of any N, H, W; output: label, class_name, probabilities."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, example.shape[-1]))])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
+
+
+def log_pyfunc(params: Params, run_id: str, bundle: Path, example: np.ndarray):
+    """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo."""
+    import mlflow
+
+    model = ZooClassifier().load_bundle(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        # `tasks.serving` must import as itself in the loading process: ship it inside a `tasks` package
+        package = Path(tmp) / "tasks"
+        package.mkdir()
+        (package / "__init__.py").write_text('"""zooflow serving code shipped with the model."""\n')
+        (package / "serving.py").write_text((PROJECT / "tasks" / "serving.py").read_text())
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=ZooClassifier(),
+                artifacts={"bundle": str(bundle)},
+                code_paths=[str(PROJECT / "models"), str(package)],
+                signature=_signature(example, model.predict(None, example)),
+                input_example=example,
+                pip_requirements=pinned_requirements(),
+                metadata={"zooflow_bundle_format": BUNDLE_FORMAT},
+            )
+
+
+def register_version(params: Params, client, model_info, run_id: str, description: str, tags: dict[str, str]):
+    """Create the version and point `challenger` at it — or leave no version behind."""
+    from mlflow.exceptions import MlflowException
+
+    name = params.register.model_name
+    try:
+        client.create_registered_model(name, description="zooflow image classifier; see each version's model card")
+    except MlflowException as exc:
+        if "ALREADY_EXISTS" not in (exc.error_code or "") and "already exists" not in str(exc):
+            raise
+    version = client.create_model_version(name, source=model_info.model_uri, run_id=run_id, tags=tags,
+                                          description=description, model_id=model_info.model_id)
+    try:
+        client.set_registered_model_alias(name, "challenger", version.version)
+    except BaseException:
+        try:
+            client.delete_model_version(name, version.version)
+        except Exception:  # noqa: BLE001 - the server may be gone; the original error matters
+            pass
+        raise
+    return version
+
+
+def register(params: Params, layout: Layout, parent_run_id: str | None = None) -> dict:
+    """Register the best candidate on val; alias `challenger`. Returns name, version, candidate, metrics."""
+    from tasks.evaluate import meta_value, preprocessing
+    from tasks.ingest import load_prepared
+    from tasks.train import load_trained
+
+    cand = best_candidate(candidates(params, layout))
+    data = load_prepared(layout.prepared)
+    classes = [str(c) for c in meta_value(data.meta, "classes")]
+    prep = preprocessing(layout, data.meta)
+    members = {arch: (load_trained(params, layout, arch), build_kwargs(params, layout, arch, data.meta), weight)
+               for arch, weight in cand["members"].items()}
+    train_info = {a: read_json(layout.train(a) / "train.json") if (layout.train(a) / "train.json").exists() else {}
+                  for a in cand["members"]}
+    runs = {}
+    for arch in cand["members"]:
+        run_file = layout.train(arch) / "mlflow_run.json"
+        if run_file.exists():
+            runs[arch] = read_json(run_file)["run_id"]
+    val_images, val_labels = data.split("val")
+    lineage = {
+        "data_sha256": str(meta_value(data.meta, "data_sha256")) if _has(data.meta, "data_sha256") else "unknown",
+        "classes": classes, "image_size": prep["image_size"], "channels": prep["channels"],
+        "git_commit": git_commit(), "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": runs, "train_seconds": float(sum(t.get("train_seconds", 0) or 0 for t in train_info.values())),
+    }
+    return register_candidate(params, layout, cand, members, classes, prep, lineage, train_info,
+                              np.asarray(val_images), np.asarray(val_labels), parent_run_id)
+
+
+def _has(meta: Any, key: str) -> bool:
+    return key in meta if isinstance(meta, dict) else hasattr(meta, key)
+
+
+def register_candidate(params: Params, layout: Layout, cand: dict, members: dict, classes: list[str],
+                       prep: dict, lineage: dict, train_info: dict, val_images: np.ndarray, val_labels: np.ndarray,
+                       parent_run_id: str | None = None) -> dict:
+    """Bundle `members`, check the bundle reproduces the val accuracy, log, register, alias."""
+    client = connect(params)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        write_bundle(bundle, members, cand["vote"], classes, prep)
+        served = ZooClassifier().load_bundle(bundle)
+        served_acc = float((served.predict_proba(val_images).argmax(1) == val_labels).mean())
+        tags = {
+            f"{TAG}kind": cand["kind"], f"{TAG}candidate": cand["name"],
+            f"{TAG}members": ",".join(f"{a}:{w:.4f}" for a, w in cand["members"].items()),
+            f"{TAG}val_accuracy": f"{cand['val']['accuracy']:.6f}",
+            f"{TAG}test_accuracy": f"{cand['test']['accuracy']:.6f}",
+            f"{TAG}served_val_accuracy": f"{served_acc:.6f}",
+            f"{TAG}data_sha256": lineage["data_sha256"], f"{TAG}git_commit": lineage["git_commit"],
+            f"{TAG}source_runs": ",".join(f"{a}={r}" for a, r in lineage["runs"].items()),
+            f"{TAG}parent_run_id": parent_run_id or "",
+            f"{TAG}eval_status": "passed" if abs(served_acc - cand["val"]["accuracy"]) <= 0.02 else "failed",
+        }
+        description = model_card(cand, lineage, train_info, params)
+        with server_errors(params, "registering the model"):
+            run_id = tracking.start_run(params, "register", parent_run_id,
+                                        tags={f"{TAG}stage": "register", f"{TAG}candidate": cand["name"]})
+            try:
+                tracking.log_metrics(params, run_id, {"val_accuracy": cand["val"]["accuracy"],
+                                                      "test_accuracy": cand["test"]["accuracy"],
+                                                      "served_val_accuracy": served_acc})
+                example = np.ascontiguousarray(val_images[:2])
+                info = log_pyfunc(params, run_id, bundle, example)
+                version = register_version(params, client, info, run_id, description, tags)
+            except BaseException:
+                tracking.end_run(params, run_id, "FAILED")
+                raise
+            tracking.end_run(params, run_id, "FINISHED")
+    summary = {"name": params.register.model_name, "version": str(version.version), "alias": "challenger",
+               "candidate": cand["name"], "kind": cand["kind"], "members": cand["members"],
+               "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
+               "served_val_accuracy": served_acc, "run_id": run_id, "model_uri": info.model_uri,
+               "eval_status": tags[f"{TAG}eval_status"]}
+    write_json(layout.register / "registration.json", summary)
+    return summary
+
+
+from prefect import task  # noqa: E402 - the Prefect face of the plain function above
+
+register_task = task(name="register")(register)

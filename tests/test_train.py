@@ -1,0 +1,192 @@
+"""The train stage on tiny synthetic data: outputs, best-val selection, fit path, aux losses, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import models
+from tasks import augment as aug
+from tasks import train as tr
+from tasks.layout import Layout
+from tasks.params import Params
+
+# --------------------------------------------------------------------------- tiny stand-ins
+
+
+@dataclass
+class FakePrepared:
+    """What tasks.ingest.load_prepared returns: .meta and .split(name) -> (uint8 NHWC, int64)."""
+
+    splits: dict
+    meta: dict = field(default_factory=dict)
+
+    def split(self, name):
+        return self.splits[name]
+
+
+def make_data(n_train=96, n_val=32, size=12, classes=4, channels=3, seed=0) -> FakePrepared:
+    """Class k: channel k brightened (class 3: none) on noise; flip- and shift-invariant, learnable
+    in a few steps."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = np.arange(n) % classes
+        x = rng.integers(0, 100, size=(n, size, size, channels)).astype(np.uint8)
+        for i, k in enumerate(y):
+            if k < channels:
+                x[i, :, :, k] += 120
+        return x, y.astype(np.int64)
+
+    splits = {"train": split(n_train), "val": split(n_val), "test": split(n_val)}
+    meta = {"classes": [str(i) for i in range(classes)], "num_classes": classes, "image_size": size, "channels": channels, "data_sha256": "fake"}
+    return FakePrepared(splits, meta)
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes, in_channels, image_size, width=8, dropout=0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+        )
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+class TinyAux(TinyCNN):
+    """GoogLeNet's shape: (logits, aux) in train mode, logits in eval mode."""
+
+    aux_loss_weight = 0.3
+
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__(num_classes, in_channels, image_size)
+        self.aux = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        f = self.features(x)
+        if self.training:
+            return self.fc(f), self.aux(f)
+        return self.fc(f)
+
+
+class Centroids(models.FittedClassifier):
+    """Nearest class mean: fitted once, its memory sized by the data."""
+
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("centres", torch.zeros(0))
+        self.fitted_on = 0
+
+    def fit(self, x, y):
+        flat = x.flatten(1)
+        self.centres = torch.stack([flat[y == k].mean(0) for k in range(self.num_classes)])
+
+    def forward(self, x):
+        return -torch.cdist(x.flatten(1), self.centres)
+
+
+def _register():
+    have = models.available()
+    if "test_tiny" not in have:
+        models.register("Test", 2024, "a test", name="test_tiny")(TinyCNN)
+    if "test_aux" not in have:
+        models.register("Test", 2024, "a test", name="test_aux")(TinyAux)
+    if "test_centroids" not in have:
+        models.register("Test", 2024, "a test", name="test_centroids", trained_by="fit")(Centroids)
+
+
+_register()
+
+
+@pytest.fixture
+def data(monkeypatch):
+    d = make_data()
+    monkeypatch.setattr(aug, "prepared", lambda layout: d)
+    return d
+
+
+def make_params(arch="test_tiny", **train) -> Params:
+    base = {"epochs": 3, "batch_size": 16, "progress": "off", "architectures": [arch]}
+    base.update(train)
+    return Params.model_validate({"device": "cpu", "train": base})
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_train_writes_outputs_and_learns(tmp_path, data):
+    layout = Layout(tmp_path)
+    logged = []
+    summary = tr.train(make_params(epochs=4, optimizer={"lr": 0.1}), layout, "test_tiny", log=lambda m, s: logged.append((s, m)))
+    out = layout.train("test_tiny")
+    for name in ("model.pt", "checkpoint.pt", "history.json", "train.json", "curves.png"):
+        assert (out / name).exists(), name
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 4 and [s for s, _ in logged] == [0, 1, 2, 3]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s"} <= set(history[0])
+    assert summary["best_val_acc"] == max(h["val_acc"] for h in history)
+    assert summary["best_epoch"] == max(range(4), key=lambda i: (history[i]["val_acc"], -i))
+    assert summary["best_val_acc"] > 0.5
+    assert summary["device"] == "cpu" and summary["params"] > 0
+    # model.pt is the best-val weights, loadable without unpickling code
+    model = tr.load_trained(make_params(), layout, "test_tiny")
+    assert not model.training
+    _, val = torch.tensor(0), data.split("val")
+    x = aug.normalize(aug.to_nchw(val[0]), *(lambda s: (s.mean, s.std))(aug.load_stats(layout)))
+    acc = (model(x).argmax(1).numpy() == val[1]).mean()
+    assert acc == pytest.approx(summary["best_val_acc"])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["best"]["epoch"] == summary["best_epoch"]
+
+
+def test_same_seed_same_weights(tmp_path, data):
+    params = make_params(epochs=2)
+    a = tr.train(params, Layout(tmp_path / "a"), "test_tiny")
+    b = tr.train(params, Layout(tmp_path / "b"), "test_tiny")
+    assert a["best_val_acc"] == b["best_val_acc"]
+    wa = torch.load(tmp_path / "a/outputs/train/test_tiny/checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b/outputs/train/test_tiny/checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fit_path(tmp_path, data):
+    layout = Layout(tmp_path)
+    summary = tr.train(make_params("test_centroids"), layout, "test_centroids")
+    assert summary["trained_by"] == "fit" and summary["best_val_acc"] > 0.9
+    model = tr.load_trained(make_params("test_centroids"), layout, "test_centroids")
+    assert model.centres.shape == (4, 3 * 12 * 12)
+
+
+def test_aux_losses(tmp_path, data):
+    out = (torch.zeros(2, 3), torch.zeros(2, 3))
+    loss, main = tr.model_loss(TinyAux(3, 3, 8), out, torch.tensor([0, 1]), 0.0)
+    assert loss.item() == pytest.approx(1.3 * np.log(3), rel=1e-5) and main is out[0]
+    summary = tr.train(make_params("test_aux", epochs=2), Layout(tmp_path), "test_aux")
+    assert summary["best_val_acc"] > 0
+
+
+def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
+    layout = Layout(tmp_path)
+    tr.train(make_params(epochs=2), layout, "test_tiny")
+    again = tr.train(make_params(epochs=2), layout, "test_tiny")
+    assert again["resumed_from_epoch"] == 2 and again["epochs_run"] == 2
+    fresh = tr.train(make_params(epochs=2, optimizer={"lr": 0.01}), layout, "test_tiny")
+    assert fresh["resumed_from_epoch"] is None
+
+
+def test_pick_device():
+    assert tr.pick_device("cpu").type == "cpu"
+    assert tr.pick_device("auto").type in ("cpu", "cuda", "mps")

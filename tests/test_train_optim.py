@@ -1,0 +1,174 @@
+"""Optimisers, schedules, EMA, early stopping, label smoothing and the MLflow wrapper."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from tasks import optim
+from tasks import train as tr
+from tasks.layout import Layout
+from tasks.params import OptimizerParams, ScheduleParams
+from tests.test_train import data, make_params  # noqa: F401  (the `data` fixture)
+
+
+class Linear(nn.Module):
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+if "test_linear" not in models.available():
+    models.register("Test", 2024, "a test", name="test_linear")(Linear)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
+@pytest.mark.parametrize("impl", ["auto", "foreach", "for-loop"])
+def test_each_optimizer_builds_and_steps(name, impl):
+    model = small_model()
+    opt = optim.build_optimizer(model, OptimizerParams(name=name, lr=0.1, nesterov=True, implementation=impl), torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.randn(4, 3, 8, 8)).square().mean()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert type(opt).__name__.lower() == {"sgd": "sgd", "adagrad": "adagrad", "adadelta": "adadelta", "rmsprop": "rmsprop", "adam": "adam", "adamw": "adamw"}[name]
+
+
+def test_nesterov_and_fused_when_offered():
+    model = small_model()
+    opt = optim.build_optimizer(model, OptimizerParams(nesterov=True), torch.device("cpu"))
+    assert opt.param_groups[0]["nesterov"] is True
+    try:
+        fused = optim.build_optimizer(model, OptimizerParams(name="adamw", implementation="fused"), torch.device("cpu"))
+        assert fused.param_groups[0]["fused"] is True
+    except RuntimeError:
+        pytest.skip("this torch has no fused CPU AdamW")
+
+
+def test_weight_decay_can_exclude_bn_and_bias():
+    model = small_model()
+    groups = optim.param_groups(model, 5e-4, exclude_bn_bias=True)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[1]["weight_decay"] == 0
+    assert decayed == {id(model[0].weight), id(model[3].weight)}
+    assert len(optim.param_groups(model, 5e-4, exclude_bn_bias=False)) == 1
+
+
+def lrs(schedule: ScheduleParams, epochs=10, steps=10, observe=None):
+    s = optim.Schedule(schedule, epochs, steps)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    for g in opt.param_groups:
+        g["base_lr"] = 1.0
+    out = []
+    for step in range(epochs * steps):
+        out.append(s.set_lr(opt, step))
+        if observe and step % steps == steps - 1:
+            s.observe(observe[step // steps])
+    return out
+
+
+def test_schedules():
+    cos = lrs(ScheduleParams(name="cosine"))
+    assert cos[0] == 1.0 and cos[-1] < 0.01 and all(a >= b for a, b in zip(cos, cos[1:]))
+    step = lrs(ScheduleParams(name="step", milestones=[3, 6]))
+    assert step[29] == 1.0 and step[30] == pytest.approx(0.1) and step[60] == pytest.approx(0.01)
+    default_steps = lrs(ScheduleParams(name="step"))  # 50 % and 75 %: epochs 5 and 7
+    assert default_steps[49] == 1.0 and default_steps[50] == pytest.approx(0.1) and default_steps[70] == pytest.approx(0.01)
+    exp = lrs(ScheduleParams(name="exponential", exp_gamma=0.96, exp_every=8), epochs=20, steps=1)
+    assert exp[7] == 1.0 and exp[8] == pytest.approx(0.96) and exp[16] == pytest.approx(0.96**2)
+    one = lrs(ScheduleParams(name="onecycle", onecycle_pct_start=0.3))
+    peak = max(range(len(one)), key=one.__getitem__)
+    assert one[0] == pytest.approx(1 / 25) and one[peak] == pytest.approx(1.0) and 25 <= peak <= 35 and one[-1] < 1e-3
+    warm = lrs(ScheduleParams(name="constant", warmup_epochs=2, warmup_start_factor=0.1))
+    assert warm[0] == pytest.approx(0.1) and warm[10] == pytest.approx(0.55) and warm[20:] == [1.0] * 80
+    warm_cos = lrs(ScheduleParams(name="cosine", warmup_epochs=1))
+    assert warm_cos[5] < warm_cos[10] == 1.0 and warm_cos[-1] < 0.01
+    plateau = lrs(ScheduleParams(name="plateau", plateau_patience=1), observe=[0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])
+    assert plateau[:40] == [1.0] * 40 and plateau[40] == pytest.approx(0.1) and plateau[60] == pytest.approx(0.01)
+
+
+def test_schedule_state_round_trips():
+    s = optim.Schedule(ScheduleParams(name="plateau", plateau_patience=0), 5, 2)
+    s.observe(0.5)
+    s.observe(0.4)
+    t = optim.Schedule(ScheduleParams(name="plateau", plateau_patience=0), 5, 2)
+    t.load_state_dict(s.state_dict())
+    assert t.factor(3) == s.factor(3) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
+def test_every_optimizer_trains_from_params(tmp_path, data, name):  # noqa: F811
+    lr = {"adadelta": 1.0, "sgd": 0.05}.get(name, 0.01)
+    summary = tr.train(make_params(epochs=1, optimizer={"name": name, "lr": lr}), Layout(tmp_path), "test_tiny")
+    assert summary["epochs_run"] == 1 and math.isfinite(summary["best_val_loss"])
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "step", "exponential", "plateau", "onecycle"])
+def test_every_schedule_trains_from_params(tmp_path, data, name):  # noqa: F811
+    summary = tr.train(make_params(epochs=2, schedule={"name": name, "warmup_epochs": 0.5}), Layout(tmp_path), "test_tiny")
+    assert summary["epochs_run"] == 2
+
+
+def test_early_stopping_stops(tmp_path, data):  # noqa: F811
+    params = make_params("test_linear", epochs=20, early_stopping=2, optimizer={"lr": 1e-12, "weight_decay": 0})
+    summary = tr.train(params, Layout(tmp_path), "test_linear")
+    assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 0
+    again = tr.train(params, Layout(tmp_path), "test_linear")  # a re-run stays stopped
+    assert again["epochs_run"] == 3
+
+
+def test_ema_weights_differ_and_evaluate(tmp_path, data):  # noqa: F811
+    layout = Layout(tmp_path)
+    summary = tr.train(make_params(epochs=3, ema_decay=0.9, optimizer={"lr": 0.1}), layout, "test_tiny")
+    ckpt = torch.load(layout.train("test_tiny") / "checkpoint.pt", weights_only=True)
+    raw, ema = ckpt["model"], ckpt["ema"]["module"]
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+    assert summary["ema"] and summary["best_val_acc"] > 0.5
+    history = tr.read_json(layout.train("test_tiny") / "history.json")
+    assert "val_acc_raw" in history[0]
+    best = torch.load(layout.train("test_tiny") / "model.pt", weights_only=True)
+    if summary["best_epoch"] == 2:
+        assert all(torch.equal(best[k], ema[k]) for k in best)
+
+
+def test_grad_clip_label_smoothing_and_mixing_train(tmp_path, data):  # noqa: F811
+    params = make_params(epochs=2, grad_clip=1.0, label_smoothing=0.1, optimizer={"exclude_bn_bias_decay": True})
+    params = params.model_copy(update={"augment": params.augment.model_copy(update={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "cutout": 4})})
+    summary = tr.train(params, Layout(tmp_path), "test_tiny")
+    assert summary["epochs_run"] == 2
+
+
+def test_soft_target_loss_matches_hard_with_smoothing():
+    logits = torch.randn(5, 4)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    hard = tr.criterion(logits, y, 0.1)
+    soft = tr.criterion(logits, torch.nn.functional.one_hot(y, 4).float(), 0.1)
+    assert hard.item() == pytest.approx(soft.item(), rel=1e-6)
+
+
+def test_train_tracked_logs_to_mlflow(tmp_path, data, monkeypatch):  # noqa: F811
+    from tasks import tracking
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params(epochs=2)
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})})
+    run_id = tracking.start_run(params, "test_tiny")
+    summary = tr.train_task.fn(params, Layout(tmp_path), "test_tiny", run_id)
+    run = tracking.client(params).get_run(run_id)
+    assert run.data.params["arch"] == "test_tiny" and run.data.params["train.optimizer.name"] == "sgd"
+    assert run.data.metrics["best_val_acc"] == pytest.approx(summary["best_val_acc"])
+    val_acc = tracking.client(params).get_metric_history(run_id, "val_acc")
+    assert sorted(m.step for m in val_acc) == [0, 1]
