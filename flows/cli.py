@@ -46,10 +46,10 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
     name = params.register.model_name
     typer.echo(
         f"\nRegistered {name} version {registered.get('version')} as @challenger; "
-        f"@staging is version {promoted.get('staging_version')} ({promoted.get('decision', '')}).\n"
-        f"Next: mlflow ui --backend-store-uri {tracking.tracking_uri(params)}   "
-        f"# runs, metrics, the model registry\n"
-        f"      python -c \"import mlflow; m = mlflow.pyfunc.load_model('models:/{name}@staging')\""
+        f"@staging is version {promoted.get('staging')}: {promoted.get('why', '')}\n"
+        f"Next:  mlflow ui --backend-store-uri {tracking.tracking_uri(params)}"
+        f"    # runs, metrics, the model registry\n"
+        f"       zooflow history {name}    # who moved @staging, when and why"
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import tracking
 from tasks.augment import augment_task
@@ -56,8 +55,7 @@ def zoo_pipeline(
     parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
 
     configured(ingest_task, params, layout)(params, layout)
-    validation = configured(validate_task, params, layout)(params, layout)
-    create_markdown_artifact(validation["markdown"], key="validation-summary")
+    configured(validate_task, params, layout)(params, layout)
     configured(augment_task, params, layout)(params, layout)
 
     outcome = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent)
@@ -67,7 +65,6 @@ def zoo_pipeline(
 
     configured(ensemble_task, params, layout)(params, layout)
     rows = configured(leaderboard_task, params, layout)(params, layout, failed)
-    create_table_artifact(rows, key="leaderboard", description="val/test accuracy per model")
     registered = configured(register_task, params, layout)(params, layout, parent)
     promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")

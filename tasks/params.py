@@ -7,6 +7,7 @@ the allowed values, raised before any stage does work.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -248,6 +249,10 @@ class OrchestrationParams(Section):
     timeout_seconds: dict[str, float] = Field(
         default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
     )
+
+
+# `register` is also ABCMeta.register on the class; on instances the field wins, as intended.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
 
 
 class Params(Section):
