@@ -42,6 +42,9 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
 
     summary = zoo_pipeline(params_file=str(params_file), overrides=overrides or [])
     params = _params(params_file, overrides)
+    from tasks.leaderboard import format_leaderboard
+
+    typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
     registered, promoted = summary["registered"], summary["promoted"]
     name = params.register.model_name
     typer.echo(
@@ -190,6 +193,8 @@ def _echo(summary) -> None:
 
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded Prefect API starts in a subprocess; 20 s (Prefect's default) is short on a busy laptop.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         app(standalone_mode=False)
     except UserError as exc:

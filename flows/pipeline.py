@@ -44,7 +44,7 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, s
     return outcome
 
 
-@flow(name="zoo-pipeline", log_prints=True)
+@flow(name="zoo-pipeline")
 def zoo_pipeline(
     params_file: str = "params.yaml", overrides: list[str] | None = None, workdir: str = "."
 ) -> dict:
@@ -69,7 +69,7 @@ def zoo_pipeline(
     promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
 
-    print(format_leaderboard(rows))
+    logger.info("leaderboard:\n%s", format_leaderboard(rows))
     summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
     if failed and params.orchestration.fail_fast:
         raise RuntimeError(f"{len(failed)} architecture(s) failed: {', '.join(sorted(failed))}")
