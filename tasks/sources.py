@@ -367,8 +367,8 @@ _IDX_TYPES = {0x08: np.uint8}
 def idx_source(path: Path, kind: str = "idx", classes: list[str] | None = None, info: dict | None = None) -> Source:
     """MNIST-format files: `<prefix>-images-idx3-ubyte[.gz]` with `<prefix>-labels-idx1-ubyte[.gz]`.
 
-    A `train` prefix is the train split, `t10k`/`test` the test split; a folder with only one pair
-    is split by `data.test_fraction`.
+    With two pairs, a `train` prefix is the train split and `t10k`/`test` the test split; a folder
+    with only one pair is split by `data.test_fraction`.
     """
     pairs = _idx_pairs(path)
     label_sets = {images: _read_idx(labels, ndim=1) for images, labels, _ in pairs}
@@ -407,7 +407,9 @@ def _idx_pairs(path: Path) -> list[tuple[Path, Path, str | None]]:
         prefix = image_file.name.split("-")[0].lower()
         split = "train" if prefix.startswith("train") else "test" if prefix in ("t10k", "test") else None
         pairs.append((image_file, label_file, split))
-    if len(pairs) > 1 and len({s for _, _, s in pairs}) < len(pairs):
+    if len(pairs) == 1:  # one pair, whatever its name: the whole dataset, split by data.test_fraction
+        return [(pairs[0][0], pairs[0][1], None)]
+    if len({s for _, _, s in pairs}) < len(pairs):
         raise DataError(f"{path}: several IDX image files for the same split: {', '.join(p.name for p, _, _ in pairs)}")
     return pairs
 
