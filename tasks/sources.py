@@ -202,11 +202,12 @@ def resolve_tree(rows: list[dict], dirs: list[str]) -> list[str]:
         depth = len(prefix)
         under = [p for _, p in files if p[:depth] == prefix] + [p for p in folders if p[:depth] == prefix]
         children = {p[depth] for p in under if len(p) > depth}
-        direct_files = any(len(p) == depth + 1 for _, p in files if p[:depth] == prefix)
-        if len(children) != 1 or direct_files:
+        if len(children) != 1:
             break
         (child,) = children
-        if child.lower() in SPLIT_DIRS:
+        # the only entry is a folder; it wraps the tree unless it is a split or holds images itself (a class)
+        holds_files = any(len(p) == depth + 2 for _, p in files if p[:depth + 1] == prefix + (child,))
+        if child.lower() in SPLIT_DIRS or holds_files or not any(len(p) > depth + 1 for p in under):
             break
         prefix += (child,)
     depth = len(prefix)
