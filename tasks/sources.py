@@ -307,6 +307,7 @@ def _tar_items(path: Path, dirs: list[str]) -> Iterator[Record | Refusal]:
     with archive:
         try:
             for member in archive:
+                archive.members = []  # tarfile keeps every header it has read; memory must stay flat
                 name, refusal = _member(member.name, dirs, member.isdir())
                 if refusal:
                     yield refusal
