@@ -15,6 +15,7 @@ inside a temporary folder that replaces `data/prepared/` only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -159,8 +160,8 @@ def _decode_all(source: Source, data: DataParams, channels: int, scratch: Path) 
     """Decode every record into `scratch` (raw uint8, source order); one manifest row per item."""
     rows: list[dict] = []
     gray: list[bool] = []
-    with open(scratch, "wb") as out:
-        for batch, images, infos in _decoded(source.items, data, channels):
+    with open(scratch, "wb") as out, contextlib.closing(_decoded(source.items, data, channels)) as decoded:
+        for batch, images, infos in decoded:
             out.write(np.ascontiguousarray(images).tobytes())
             for item, info in zip(batch, infos):
                 if isinstance(item, Refusal):
@@ -191,13 +192,20 @@ def _decoded(items: Iterator[list[Record | Refusal]], data: DataParams, channels
         return batch, images, [None if isinstance(item, Refusal) else next(it) for item in batch]
 
     items = iter(items)
+    try:
+        yield from _decoded_from(items, data, args, payloads, aligned)
+    finally:  # a failure stops the source (closes its files) at once
+        getattr(items, "close", lambda: None)()
+
+
+def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
     head = list(itertools.islice(items, 2))
     workers = data.workers or _cpu_count()
     if workers <= 1 or len(head) < 2:  # one batch: not worth starting processes
         for batch in itertools.chain(head, items):
             yield aligned(batch, *decode_batch(payloads(batch), *args))
         return
-    with _pool(workers) as pool:
+    with _pool(workers) as pool:  # leaving this block (also on error) terminates the workers
         pending: deque = deque()
         for batch in itertools.chain(head, items):
             pending.append((batch, pool.apply_async(decode_batch, (payloads(batch), *args))))
