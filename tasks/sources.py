@@ -51,6 +51,31 @@ class Refusal:
     bad: bool = True  # False: ignored junk (.DS_Store, hidden files), never stops a run
 
 
+@dataclass(slots=True)
+class Entry:
+    """One line of the manifest: a source file (or a class, or an archive member) and what became of it.
+
+    Slotted: ingest keeps one per source file, so a few hundred bytes each is all the memory that
+    grows with the dataset (the pixels stream through a scratch file)."""
+
+    path: str
+    outcome: str  # "ok", "bad" (quarantined, or stops the run under on_bad_file=fail) or "ignored"
+    reason: str = ""
+    label: str | None = None
+    split: str | None = None
+    index: int | None = None  # row in its split's arrays
+    sha256: str = ""
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str = ""
+    file: bool = False  # a file that was read (tree sources take label and split from its path)
+    pos: int = -1  # row in the scratch file of decoded images
+
+    def drop(self, outcome: str, reason: str) -> None:
+        self.outcome, self.reason = outcome, reason
+
+
 @dataclass
 class Source:
     kind: str
@@ -187,15 +212,15 @@ def _file_record(name: str, path: Path) -> Record | Refusal:
     return Record(name, str(path))
 
 
-def resolve_tree(rows: list[dict], dirs: list[str]) -> list[str]:
-    """Read label and split from the path of each file row of a folder tree (rows with "_file").
+def resolve_tree(rows: list[Entry], dirs: list[str]) -> list[str]:
+    """Read label and split from the path of each file entry of a folder tree.
 
     A single wrapping folder (`cifar10/train/...`) is looked through. When the top level holds
     `train/`, `test/`, `val/` (or `training`, `testing`, `valid`, `validation`), files sit at
     `<split>/<class>/.../<image>`; otherwise at `<class>/.../<image>`. Files elsewhere are ignored.
     Returns every class folder name found (with or without usable images).
     """
-    files = [(r, PurePosixPath(r["path"]).parts) for r in rows if r.get("_file")]
+    files = [(r, PurePosixPath(r.path).parts) for r in rows if r.file]
     folders = [PurePosixPath(d).parts for d in dirs]
     prefix: tuple[str, ...] = ()
     while True:
@@ -225,19 +250,19 @@ def resolve_tree(rows: list[dict], dirs: list[str]) -> list[str]:
         rel = p[depth:] if p[:depth] == prefix else None
         if split_mode:
             if rel and len(rel) >= 3 and rel[0].lower() in SPLIT_DIRS:
-                row["split"], row["label"] = SPLIT_DIRS[rel[0].lower()], rel[1]
+                row.split, row.label = SPLIT_DIRS[rel[0].lower()], rel[1]
             else:
                 where = "a class folder" if rel and rel[0].lower() in SPLIT_DIRS else "a train/test/val folder"
-                row["label"] = row["split"] = None
-                row.update(outcome="ignored", reason=f"ignored: not inside {where}")
+                row.label = row.split = None
+                row.drop("ignored", f"ignored: not inside {where}")
                 continue
         elif rel and len(rel) >= 2:
-            row["label"] = rel[0]
+            row.label = rel[0]
         else:
-            row["label"] = None
-            row.update(outcome="ignored", reason="ignored: not inside a class folder")
+            row.label = None
+            row.drop("ignored", "ignored: not inside a class folder")
             continue
-        classes.add(row["label"])
+        classes.add(row.label)
     return sorted(classes)
 
 
