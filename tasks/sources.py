@@ -51,6 +51,31 @@ class Refusal:
     bad: bool = True  # False: ignored junk (.DS_Store, hidden files), never stops a run
 
 
+@dataclass(slots=True)
+class Entry:
+    """One line of the manifest: a source file (or a class, or an archive member) and what became of it.
+
+    Slotted: ingest keeps one per source file, so a few hundred bytes each is all the memory that
+    grows with the dataset (the pixels stream through a scratch file)."""
+
+    path: str
+    outcome: str  # "ok", "bad" (quarantined, or stops the run under on_bad_file=fail) or "ignored"
+    reason: str = ""
+    label: str | None = None
+    split: str | None = None
+    index: int | None = None  # row in its split's arrays
+    sha256: str = ""
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str = ""
+    file: bool = False  # a file that was read (tree sources take label and split from its path)
+    pos: int = -1  # row in the scratch file of decoded images
+
+    def drop(self, outcome: str, reason: str) -> None:
+        self.outcome, self.reason = outcome, reason
+
+
 @dataclass
 class Source:
     kind: str
@@ -187,26 +212,27 @@ def _file_record(name: str, path: Path) -> Record | Refusal:
     return Record(name, str(path))
 
 
-def resolve_tree(rows: list[dict], dirs: list[str]) -> list[str]:
-    """Read label and split from the path of each file row of a folder tree (rows with "_file").
+def resolve_tree(rows: list[Entry], dirs: list[str]) -> list[str]:
+    """Read label and split from the path of each file entry of a folder tree.
 
     A single wrapping folder (`cifar10/train/...`) is looked through. When the top level holds
     `train/`, `test/`, `val/` (or `training`, `testing`, `valid`, `validation`), files sit at
     `<split>/<class>/.../<image>`; otherwise at `<class>/.../<image>`. Files elsewhere are ignored.
     Returns every class folder name found (with or without usable images).
     """
-    files = [(r, PurePosixPath(r["path"]).parts) for r in rows if r.get("_file")]
+    files = [(r, PurePosixPath(r.path).parts) for r in rows if r.file]
     folders = [PurePosixPath(d).parts for d in dirs]
     prefix: tuple[str, ...] = ()
     while True:
         depth = len(prefix)
         under = [p for _, p in files if p[:depth] == prefix] + [p for p in folders if p[:depth] == prefix]
         children = {p[depth] for p in under if len(p) > depth}
-        direct_files = any(len(p) == depth + 1 for _, p in files if p[:depth] == prefix)
-        if len(children) != 1 or direct_files:
+        if len(children) != 1:
             break
         (child,) = children
-        if child.lower() in SPLIT_DIRS:
+        # the only entry is a folder; it wraps the tree unless it is a split or holds images itself (a class)
+        holds_files = any(len(p) == depth + 2 for _, p in files if p[:depth + 1] == prefix + (child,))
+        if child.lower() in SPLIT_DIRS or holds_files or not any(len(p) > depth + 1 for p in under):
             break
         prefix += (child,)
     depth = len(prefix)
@@ -224,19 +250,19 @@ def resolve_tree(rows: list[dict], dirs: list[str]) -> list[str]:
         rel = p[depth:] if p[:depth] == prefix else None
         if split_mode:
             if rel and len(rel) >= 3 and rel[0].lower() in SPLIT_DIRS:
-                row["split"], row["label"] = SPLIT_DIRS[rel[0].lower()], rel[1]
+                row.split, row.label = SPLIT_DIRS[rel[0].lower()], rel[1]
             else:
                 where = "a class folder" if rel and rel[0].lower() in SPLIT_DIRS else "a train/test/val folder"
-                row["label"] = row["split"] = None
-                row.update(outcome="ignored", reason=f"ignored: not inside {where}")
+                row.label = row.split = None
+                row.drop("ignored", f"ignored: not inside {where}")
                 continue
         elif rel and len(rel) >= 2:
-            row["label"] = rel[0]
+            row.label = rel[0]
         else:
-            row["label"] = None
-            row.update(outcome="ignored", reason="ignored: not inside a class folder")
+            row.label = None
+            row.drop("ignored", "ignored: not inside a class folder")
             continue
-        classes.add(row["label"])
+        classes.add(row.label)
     return sorted(classes)
 
 
@@ -306,6 +332,7 @@ def _tar_items(path: Path, dirs: list[str]) -> Iterator[Record | Refusal]:
     with archive:
         try:
             for member in archive:
+                archive.members = []  # tarfile keeps every header it has read; memory must stay flat
                 name, refusal = _member(member.name, dirs, member.isdir())
                 if refusal:
                     yield refusal
@@ -367,8 +394,8 @@ _IDX_TYPES = {0x08: np.uint8}
 def idx_source(path: Path, kind: str = "idx", classes: list[str] | None = None, info: dict | None = None) -> Source:
     """MNIST-format files: `<prefix>-images-idx3-ubyte[.gz]` with `<prefix>-labels-idx1-ubyte[.gz]`.
 
-    A `train` prefix is the train split, `t10k`/`test` the test split; a folder with only one pair
-    is split by `data.test_fraction`.
+    With two pairs, a `train` prefix is the train split and `t10k`/`test` the test split; a folder
+    with only one pair is split by `data.test_fraction`.
     """
     pairs = _idx_pairs(path)
     label_sets = {images: _read_idx(labels, ndim=1) for images, labels, _ in pairs}
@@ -407,7 +434,9 @@ def _idx_pairs(path: Path) -> list[tuple[Path, Path, str | None]]:
         prefix = image_file.name.split("-")[0].lower()
         split = "train" if prefix.startswith("train") else "test" if prefix in ("t10k", "test") else None
         pairs.append((image_file, label_file, split))
-    if len(pairs) > 1 and len({s for _, _, s in pairs}) < len(pairs):
+    if len(pairs) == 1:  # one pair, whatever its name: the whole dataset, split by data.test_fraction
+        return [(pairs[0][0], pairs[0][1], None)]
+    if len({s for _, _, s in pairs}) < len(pairs):
         raise DataError(f"{path}: several IDX image files for the same split: {', '.join(p.name for p, _, _ in pairs)}")
     return pairs
 

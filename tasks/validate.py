@@ -175,7 +175,7 @@ def run_suite(params: Params, prepared: PreparedData, tables: dict[str, pd.DataF
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         data_docs_sites={"zooflow": {
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }},
         analytics_enabled=False,
@@ -189,7 +189,9 @@ def run_suite(params: Params, prepared: PreparedData, tables: dict[str, pd.DataF
         batch = datasource.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole")
         suite = context.suites.add(gx.ExpectationSuite(name=f"zooflow-{table_name}"))
         for check, expectation in pairs:
-            expectation.meta = {"check": check, "severity": severity_of(params, check), "why": CHECKS[check][1]}
+            severity = severity_of(params, check)
+            expectation.meta = {"check": check, "severity": severity, "why": CHECKS[check][1]}
+            expectation.notes = f"zooflow check `{check}` ({severity}): {CHECKS[check][1]}"
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"prepared-{table_name}", data=batch, suite=suite))

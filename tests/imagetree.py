@@ -20,7 +20,7 @@ def image_bytes(seed: int, size: tuple[int, int] = (12, 10), mode: str = "RGB", 
     rng = np.random.default_rng(seed)
     w, h = size
     if mode in ("I;16",):
-        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16), "I;16")
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
     else:
         im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert(mode)
     buf = io.BytesIO()
