@@ -39,7 +39,9 @@ def version_at(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, alias)
+        mv = client.get_model_version_by_alias(name, alias)
+        mv.version = str(mv.version)  # the sqlite store says 3, the REST one "3"
+        return mv
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in (exc.error_code or "") or "not found" in str(exc).lower() \
                 or "does not exist" in str(exc).lower():
@@ -215,7 +217,7 @@ def promote_version(params: Params, name: str, version: str | int, to: str) -> d
             raise UserError(f"model {name!r} version {version} failed evaluation (tag {TAG}eval_status=failed); "
                             f"refusing to promote it")
         current = version_at(client, name, to)
-        previous = current.version if current is not None else None
+        previous = str(current.version) if current is not None else None
         if previous == version:
             why = f"manual: v{version} is already {to}"
             event = record(client, name, {"alias": to, "action": "keep", "from": previous, "to": previous,

@@ -224,7 +224,7 @@ def _signature(example: np.ndarray, output):
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, example.shape[-1]))])
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])  # any size, grey or RGB
     return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
 
 

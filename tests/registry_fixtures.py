@@ -89,3 +89,29 @@ def pipeline_state(root: Path, *overrides: str) -> State:
                                                       "best_epoch": 1, "device": "cpu", "build_kwargs": kwargs})
         evaluate_model(module, splits, data.classes, prep, params, layout.eval(arch))
     return State(root, params, layout, modules, prep, data.classes)
+
+
+def register_arch(state: State, arch: str = "linear", members: dict | None = None, vote: str = "soft",
+                  params: Params | None = None) -> dict:
+    """Register `arch` (or an ensemble of `members`) from `state` as `tasks.register.register` would."""
+    from tasks.files import read_json
+    from tasks.register import register_candidate
+
+    params = params or state.params
+    members = members or {arch: 1.0}
+    metrics = {a: read_json(state.layout.eval(a) / "metrics.json") for a in members}
+    kind = "single" if len(members) == 1 else "ensemble"
+    name = arch if kind == "single" else f"ensemble:{vote}"
+    first = metrics[next(iter(members))]
+    cand = {"kind": kind, "name": name, "members": members, "vote": vote, "val": first["val"], "test": first["test"]}
+    data = load_prepared(state.layout.prepared)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.channels, "image_size": data.image_size}
+    bundle = {a: (state.modules[a], kwargs, w) for a, w in members.items()}
+    lineage = {"data_sha256": data.meta["data_sha256"], "classes": data.classes, "image_size": data.image_size,
+               "channels": data.channels, "git_commit": "test", "registered_at": "now", "runs": {},
+               "train_seconds": 1.5 * len(members)}
+    train_info = {a: read_json(state.layout.train(a) / "train.json") for a in members}
+    images, labels = data.split("val")
+    with chdir(state.root):
+        return register_candidate(params, state.layout, cand, bundle, data.classes, state.prep, lineage,
+                                  train_info, np.asarray(images), np.asarray(labels))
