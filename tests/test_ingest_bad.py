@@ -168,14 +168,16 @@ def test_symlink_outside_root(tmp_path):
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_archive_path_traversal(tmp_path, kind):
     files = {f"ds/{k}": v for k, v in GOOD.items()}
-    evil = {"../../x.png": image_bytes(1), "/tmp/abs-zooflow-test.png": image_bytes(2), "ds/cat/../../../y.png": b"y"}
+    evil = {"../../x.png": image_bytes(1), "/tmp/abs-zooflow-test.png": image_bytes(2), "ds/cat/../../../y.png": b"y",
+            "..\\..\\win.png": image_bytes(3)}
     archive = tmp_path / f"a.{kind}"
     write_zip(archive, files | evil) if kind == "zip" else write_tar(archive, files | evil, "w:gz")
     project, layout = setup_project(tmp_path)
     before = snapshot(tmp_path)
     summary = ingest(params("data.source=archive", f"data.path={archive}"), layout)
-    assert summary["bad_files"] == 3 and sum(summary["counts"].values()) == 15
+    assert summary["bad_files"] == 4 and sum(summary["counts"].values()) == 15
     reasons = " | ".join(summary["quarantined"])
+    assert "win.png: unsafe path in archive (backslash separators)" in reasons
     assert "../../x.png: unsafe path in archive (contains ..)" in reasons
     assert "/tmp/abs-zooflow-test.png: unsafe path in archive (absolute)" in reasons
     after = snapshot(tmp_path)
