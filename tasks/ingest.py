@@ -76,7 +76,8 @@ class PreparedData:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.meta["splits"]:
             raise DataError(f"{self.path}: no split {name!r} (have {', '.join(self.meta['splits'])})")
-        images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
+        # copy-on-write: writable for consumers (torch.from_numpy), while the file itself never changes
+        images = np.load(self.path / f"{name}_images.npy", mmap_mode="c")
         labels = np.load(self.path / f"{name}_labels.npy")
         return images, labels
 
