@@ -313,3 +313,14 @@ def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
                layout)
     assert multiprocessing.active_children() == []
     assert_untouched(tmp_path, before, layout)
+
+
+def test_messages_tell_truncated_from_not_an_image():
+    from tasks.decode import BadImage, decode_one
+
+    for data, reason in [(image_bytes(1)[:40], "corrupt or truncated PNG image"),
+                         (image_bytes(1, fmt="JPEG")[:20], "corrupt or truncated JPEG image"),
+                         (b"GIF89a\x00", "corrupt or truncated GIF image"),
+                         (b"%PDF-1.4 not a picture", "not an image")]:
+        with pytest.raises(BadImage, match=reason):
+            decode_one(data, 8, 3, 10**6)
