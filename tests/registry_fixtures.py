@@ -1,9 +1,8 @@
 """Shared test data for the evaluate..promote tests: real digits at 16 px, two tiny real models.
 
-`pipeline_state(root)` ingests the embedded digits dataset into `root`, writes normalisation
-stats, fits a kNN and a linear softmax classifier (a few seconds on a CPU) and evaluates both with
-`tasks.evaluate.evaluate_model`, so `outputs/eval/<arch>/` holds what the ensemble and register
-stages read. MLflow points at a sqlite file and artifact folder inside `root`.
+`pipeline_state(root)` runs the real ingest, augment, train and evaluate stages on the embedded
+digits dataset at 16 px for a kNN and a linear softmax classifier (seconds on a CPU), so
+`outputs/eval/<arch>/` holds what the ensemble and register stages read. MLflow points at a sqlite file and artifact folder inside `root`.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import models
-from tasks.evaluate import evaluate_model, preprocessing
-from tasks.files import write_json
+from tasks.evaluate import preprocessing
 from tasks.ingest import ingest, load_prepared
 from tasks.layout import Layout
 from tasks.params import Params, load_params
-from tasks.serving import preprocess
 
 ARCHS = ("knn", "linear")
 
@@ -54,41 +49,25 @@ def make_params(root: Path, *overrides: str) -> Params:
         "evaluate.throughput_batch=32", "register.model_name=digits-test", *overrides])
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 150) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = models.build("linear", num_classes=num_classes, in_channels=x.shape[1], image_size=x.shape[-1])
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
 def pipeline_state(root: Path, *overrides: str) -> State:
+    """Real stages: ingest, augment, train (kNN: a fit; linear: 2 epochs of SGD), evaluate."""
+    from tasks.augment import augment
+    from tasks.evaluate import evaluate
+    from tasks.train import load_trained, train
+
     root.mkdir(parents=True, exist_ok=True)
-    params = make_params(root, *overrides)
+    params = make_params(root, "train.epochs=2", "train.batch_size=16", "augment.crop_padding=0",
+                         "augment.hflip=false", *overrides)
     layout = Layout(root)
     with chdir(root):
         ingest(params, layout)
+        augment(params, layout)
+        for arch in ARCHS:
+            train(params, layout, arch)
+            evaluate(params, layout, arch)
     data = load_prepared(layout.prepared)
-    images, labels = data.split("train")
-    x01 = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
-    write_json(layout.augment / "stats.json", {"mean": x01.mean((0, 2, 3)).tolist(), "std": x01.std((0, 2, 3)).tolist()})
-    prep = preprocessing(layout, data.meta)
-    x = preprocess(np.asarray(images), **prep)
-    y = torch.from_numpy(np.asarray(labels))
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.channels, "image_size": data.image_size}
-    knn = models.build("knn", **kwargs)
-    knn.fit(x, y)
-    modules = {"knn": knn.eval(), "linear": fit_linear(x, y, data.num_classes)}
-    splits = {s: data.split(s) for s in ("val", "test")}
-    for arch, module in modules.items():
-        n = sum(p.numel() for p in module.parameters())
-        write_json(layout.train(arch) / "train.json", {"arch": arch, "params": n, "train_seconds": 1.5,
-                                                      "best_epoch": 1, "device": "cpu", "build_kwargs": kwargs})
-        evaluate_model(module, splits, data.classes, prep, params, layout.eval(arch))
-    return State(root, params, layout, modules, prep, data.classes)
+    modules = {arch: load_trained(params, layout, arch) for arch in ARCHS}
+    return State(root, params, layout, modules, preprocessing(layout, data.meta), data.classes)
 
 
 def register_arch(state: State, arch: str = "linear", members: dict | None = None, vote: str = "soft",
@@ -115,3 +94,62 @@ def register_arch(state: State, arch: str = "linear", members: dict | None = Non
     with chdir(state.root):
         return register_candidate(params, state.layout, cand, bundle, data.classes, state.prep, lineage,
                                   train_info, np.asarray(images), np.asarray(labels))
+
+
+_SHARED: dict[str, State] = {}
+
+
+def shared_state(tmp_path_factory, model_name: str) -> State:
+    """One trained-and-evaluated state per test session (it takes the most time), with a model
+    name of the caller's own so that test modules do not see each other's registry moves."""
+    if "state" not in _SHARED:
+        _SHARED["state"] = pipeline_state(tmp_path_factory.mktemp("pipeline"), "evaluate.tta=flip")
+    base = _SHARED["state"]
+    params = make_params(base.root, "evaluate.tta=flip", f"register.model_name={model_name}")
+    return State(base.root, params, base.layout, base.modules, base.prep, base.classes)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def service(cmd: list[str], ready_url: str, cwd: Path, env: dict | None = None, timeout: float = 180):
+    """Start `cmd` (a server) in its own process group, wait until `ready_url` answers 200, stop it
+    by its PID's group afterwards. Its output goes to `cwd/<name>.log`, quoted when it fails."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    log_path = cwd / f"{Path(cmd[0]).name}-{cmd[1] if len(cmd) > 1 else ''}-{free_port()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd)} not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)

@@ -78,10 +78,10 @@ def test_flops_of_a_linear_layer():
     assert count_flops(model, torch.zeros(4, 10)) == 2 * 10 * 3
 
 
-def test_evaluate_model_on_digits(tmp_path):
-    from registry_fixtures import pipeline_state
+def test_evaluate_on_digits(tmp_path_factory):
+    from registry_fixtures import shared_state
 
-    state = pipeline_state(tmp_path, "evaluate.tta=flip")
+    state = shared_state(tmp_path_factory, "digits-evaluate")
     out = state.layout.eval("linear")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] > 0.85 and metrics["test"]["accuracy"] > 0.85
