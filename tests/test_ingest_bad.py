@@ -291,3 +291,23 @@ def test_truncated_idx(tmp_path):
     path.write_bytes(b"hello world, not idx")
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: not an IDX file"):
         ingest(params("data.source=idx", f"data.path={tmp_path / 'idx'}"), layout)
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
+    import multiprocessing
+
+    import tasks.sources
+
+    monkeypatch.setattr(tasks.sources, "BATCH", 2)
+    files = GOOD | {"dog/zz-empty.png": b""}
+    write_tree(tmp_path / "src", files)
+    (tmp_path / "src" / "labels.csv").write_text("path,label\n" + "".join(f"{k},{k.split('/')[0]}\n" for k in files))
+    path = tmp_path / "src" / ("labels.csv" if source == "csv" else "")
+    _, layout = setup_project(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(DataError, match=r"dog/zz-empty.png: empty file"):
+        ingest(params(f"data.source={source}", f"data.path={path}", "data.on_bad_file=fail", "data.workers=2"),
+               layout)
+    assert multiprocessing.active_children() == []
+    assert_untouched(tmp_path, before, layout)
