@@ -39,9 +39,7 @@ def version_at(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = client.get_model_version_by_alias(name, alias)
-        mv.version = str(mv.version)  # the sqlite store says 3, the REST one "3"
-        return mv
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in (exc.error_code or "") or "not found" in str(exc).lower() \
                 or "does not exist" in str(exc).lower():
@@ -148,42 +146,42 @@ def promote_on(params: Params, images: np.ndarray, labels: np.ndarray) -> dict:
         challenger = version_at(client, name, "challenger")
         if challenger is None:
             raise UserError(f"model {name!r} has no @challenger version; run `zooflow register` first")
+        challenger = str(challenger.version)  # the sqlite store says 3, the REST one "3"
         staging = version_at(client, name, "staging")
+        previous = str(staging.version) if staging is not None else None
         metrics: dict[str, Any] = {"min_delta": params.register.min_delta, "val_n": int(len(labels))}
         try:
-            challenger_acc = score_version(name, challenger.version, images, labels)
+            challenger_acc = score_version(name, challenger, images, labels)
         except Exception as exc:  # noqa: BLE001 - a challenger that cannot be scored is refused, not fatal
-            client.set_model_version_tag(name, challenger.version, f"{TAG}eval_status", "failed")
-            event = record(client, name, {"alias": "staging", "action": "keep", "from": staging and staging.version,
-                                          "to": staging and staging.version, "challenger": challenger.version,
-                                          "why": f"challenger failed evaluation: {type(exc).__name__}: {exc}"[:500],
-                                          "metrics": metrics})
-            return {"moved": False, "staging": staging and staging.version, "challenger": challenger.version,
+            client.set_model_version_tag(name, challenger, f"{TAG}eval_status", "failed")
+            event = record(client, name, {"alias": "staging", "action": "keep", "from": previous, "to": previous,
+                                          "challenger": challenger, "metrics": metrics,
+                                          "why": f"challenger failed evaluation: {type(exc).__name__}: {exc}"[:500]})
+            return {"moved": False, "staging": previous, "previous": previous, "challenger": challenger,
                     "why": event["why"], "metrics": metrics}
         metrics["challenger_val_accuracy"] = challenger_acc
-        client.set_model_version_tag(name, challenger.version, f"{TAG}current_val_accuracy", f"{challenger_acc:.6f}")
-        if staging is not None and staging.version == challenger.version:
-            move, why = False, f"challenger v{challenger.version} is already staging"
-        elif staging is None:
+        client.set_model_version_tag(name, challenger, f"{TAG}current_val_accuracy", f"{challenger_acc:.6f}")
+        if previous == challenger:
+            move, why = False, f"challenger v{challenger} is already staging"
+        elif previous is None:
             move, why = gate(challenger_acc, None, params.register.min_delta)
         else:
             try:
-                staging_acc = score_version(name, staging.version, images, labels)
+                staging_acc = score_version(name, previous, images, labels)
             except Exception as exc:  # noqa: BLE001 - a champion that no longer loads is replaced
                 move = True
-                why = f"staging v{staging.version} failed evaluation on current val: {type(exc).__name__}: {exc}"[:500]
+                why = f"staging v{previous} failed evaluation on current val: {type(exc).__name__}: {exc}"[:500]
             else:
                 metrics["staging_val_accuracy"] = staging_acc
                 metrics["delta"] = challenger_acc - staging_acc
                 move, why = gate(challenger_acc, staging_acc, params.register.min_delta)
-        previous = staging.version if staging is not None else None
         if move:
-            client.set_registered_model_alias(name, "staging", challenger.version)
+            client.set_registered_model_alias(name, "staging", challenger)
         record(client, name, {"alias": "staging", "action": "move" if move else "keep", "from": previous,
-                              "to": challenger.version if move else previous, "challenger": challenger.version,
+                              "to": challenger if move else previous, "challenger": challenger,
                               "why": why, "metrics": metrics})
-    return {"moved": move, "staging": challenger.version if move else previous, "previous": previous,
-            "challenger": challenger.version, "why": why, "metrics": metrics}
+    return {"moved": move, "staging": challenger if move else previous, "previous": previous,
+            "challenger": challenger, "why": why, "metrics": metrics}
 
 
 # --------------------------------------------------------------------------- the manual step

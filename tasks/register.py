@@ -131,13 +131,11 @@ def build_kwargs(params: Params, layout: Layout, arch: str, meta: Any) -> dict[s
     """How `models.build` made `arch`: from train.json when it says, else from the data and params."""
     from tasks.evaluate import meta_value
 
-    train = read_json(layout.train(arch) / "train.json") if (layout.train(arch) / "train.json").exists() else {}
-    for key in ("build_kwargs", "model_kwargs", "build"):
-        if isinstance(train.get(key), dict):
-            kwargs = dict(train[key])
-            kwargs.pop("name", None)
-            kwargs.pop("arch", None)
-            return kwargs
+    path = layout.train(arch) / "train.json"
+    built = read_json(path).get("model") if path.exists() else None
+    if isinstance(built, dict) and "num_classes" in built:  # the engine's record: sizes + options
+        return {"num_classes": int(built["num_classes"]), "in_channels": int(built["in_channels"]),
+                "image_size": int(built["image_size"]), **built.get("options", {})}
     return {"num_classes": int(meta_value(meta, "num_classes")), "in_channels": int(meta_value(meta, "channels")),
             "image_size": int(meta_value(meta, "image_size")),
             **params.train.for_arch(arch).model_options.get(arch, {})}

@@ -1,9 +1,8 @@
 """Shared test data for the evaluate..promote tests: real digits at 16 px, two tiny real models.
 
-`pipeline_state(root)` ingests the embedded digits dataset into `root`, writes normalisation
-stats, fits a kNN and a linear softmax classifier (a few seconds on a CPU) and evaluates both with
-`tasks.evaluate.evaluate_model`, so `outputs/eval/<arch>/` holds what the ensemble and register
-stages read. MLflow points at a sqlite file and artifact folder inside `root`.
+`pipeline_state(root)` runs the real ingest, augment, train and evaluate stages on the embedded
+digits dataset at 16 px for a kNN and a linear softmax classifier (seconds on a CPU), so
+`outputs/eval/<arch>/` holds what the ensemble and register stages read. MLflow points at a sqlite file and artifact folder inside `root`.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import models
-from tasks.evaluate import evaluate_model, preprocessing
-from tasks.files import write_json
+from tasks.evaluate import preprocessing
 from tasks.ingest import ingest, load_prepared
 from tasks.layout import Layout
 from tasks.params import Params, load_params
-from tasks.serving import preprocess
 
 ARCHS = ("knn", "linear")
 
@@ -54,41 +49,25 @@ def make_params(root: Path, *overrides: str) -> Params:
         "evaluate.throughput_batch=32", "register.model_name=digits-test", *overrides])
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 150) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = models.build("linear", num_classes=num_classes, in_channels=x.shape[1], image_size=x.shape[-1])
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
 def pipeline_state(root: Path, *overrides: str) -> State:
+    """Real stages: ingest, augment, train (kNN: a fit; linear: 2 epochs of SGD), evaluate."""
+    from tasks.augment import augment
+    from tasks.evaluate import evaluate
+    from tasks.train import load_trained, train
+
     root.mkdir(parents=True, exist_ok=True)
-    params = make_params(root, *overrides)
+    params = make_params(root, "train.epochs=2", "train.batch_size=16", "augment.crop_padding=0",
+                         "augment.hflip=false", *overrides)
     layout = Layout(root)
     with chdir(root):
         ingest(params, layout)
+        augment(params, layout)
+        for arch in ARCHS:
+            train(params, layout, arch)
+            evaluate(params, layout, arch)
     data = load_prepared(layout.prepared)
-    images, labels = data.split("train")
-    x01 = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
-    write_json(layout.augment / "stats.json", {"mean": x01.mean((0, 2, 3)).tolist(), "std": x01.std((0, 2, 3)).tolist()})
-    prep = preprocessing(layout, data.meta)
-    x = preprocess(np.asarray(images), **prep)
-    y = torch.from_numpy(np.asarray(labels))
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.channels, "image_size": data.image_size}
-    knn = models.build("knn", **kwargs)
-    knn.fit(x, y)
-    modules = {"knn": knn.eval(), "linear": fit_linear(x, y, data.num_classes)}
-    splits = {s: data.split(s) for s in ("val", "test")}
-    for arch, module in modules.items():
-        n = sum(p.numel() for p in module.parameters())
-        write_json(layout.train(arch) / "train.json", {"arch": arch, "params": n, "train_seconds": 1.5,
-                                                      "best_epoch": 1, "device": "cpu", "build_kwargs": kwargs})
-        evaluate_model(module, splits, data.classes, prep, params, layout.eval(arch))
-    return State(root, params, layout, modules, prep, data.classes)
+    modules = {arch: load_trained(params, layout, arch) for arch in ARCHS}
+    return State(root, params, layout, modules, preprocessing(layout, data.meta), data.classes)
 
 
 def register_arch(state: State, arch: str = "linear", members: dict | None = None, vote: str = "soft",

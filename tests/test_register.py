@@ -10,10 +10,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from registry_fixtures import chdir, pipeline_state, register_arch
+from registry_fixtures import chdir, make_params, pipeline_state
 from tasks import tracking
 from tasks.ingest import load_prepared
-from tasks.register import best_candidate, candidates
+from tasks.ensemble import ensemble
+from tasks.register import best_candidate, candidates, register
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def test_best_candidate_is_chosen_on_val(state):
 
 
 def test_register_writes_a_version_with_card_tags_and_alias(state):
-    summary = register_arch(state, "linear")
+    with chdir(state.root):
+        summary = register(state.params, state.layout)  # the best on val of knn, linear
     assert summary["served_val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
     assert summary["eval_status"] == "passed"
     with chdir(state.root):
@@ -42,12 +44,19 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
         mv = client.get_model_version_by_alias("digits-test", "challenger")
     assert str(mv.version) == summary["version"]
     assert "## Metrics" in mv.description and "data sha256" in mv.description and "git commit" in mv.description
-    assert mv.tags["zooflow.kind"] == "single" and mv.tags["zooflow.members"].startswith("linear")
+    assert mv.tags["zooflow.kind"] == "single" and mv.tags["zooflow.candidate"] == summary["candidate"]
+    assert summary["candidate"] == best_candidate(candidates(state.params, state.layout))["name"]
+    assert "zooflow.source_runs" in mv.tags and mv.tags["zooflow.git_commit"]
+    assert json.loads((state.layout.register / "registration.json").read_text())["version"] == summary["version"]
     assert len(mv.tags["zooflow.data_sha256"]) == 64
 
 
 def test_registered_ensemble_loads_in_a_fresh_process_and_takes_other_sizes(state):
-    summary = register_arch(state, members={"knn": 0.5, "linear": 0.5})
+    with chdir(state.root):
+        params = make_params(state.root, "ensemble.method=soft", "register.candidates=ensemble")
+        ensemble(params, state.layout)
+        summary = register(params, state.layout)
+    assert summary["kind"] == "ensemble" and set(summary["members"]) <= {"knn", "linear"}
     data = load_prepared(state.layout.prepared)
     images, labels = data.split("test")
     np.save(state.root / "test_images.npy", np.asarray(images[:60]))
