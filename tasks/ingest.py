@@ -44,7 +44,7 @@ from tasks.sources import Entry, Record, Refusal, Source, open_source, resolve_t
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "outcome", "reason", "label", "split", "index", "sha256", "bytes", "width", "height", "mode")
 _SCRATCH = ".decoded.u8"
-_BLOCK = 4096  # images per block when writing the split files
+_BLOCK_BYTES = 8 << 20  # scratch read per step when writing the split files
 
 
 # ---------------------------------------------------------------- reading back
@@ -344,9 +344,10 @@ def _write_splits(tmp: Path, scratch: Path, decode_channels: int, channels: int,
         count = int((split_of == code).sum())
         streams[name] = _NpyStream(tmp / f"{name}_images.npy", (count, size, size, channels))
     order = np.argsort(positions, kind="stable")  # scratch order (source order)
+    step = max(1, _BLOCK_BYTES // per_image)
     with open(scratch, "rb") as fh:
-        for start in range(0, len(order), _BLOCK):
-            chosen = order[start:start + _BLOCK]
+        for start in range(0, len(order), step):
+            chosen = order[start:start + step]
             lo, hi = int(positions[chosen[0]]), int(positions[chosen[-1]]) + 1
             fh.seek(lo * per_image)
             block = np.frombuffer(fh.read((hi - lo) * per_image), np.uint8).reshape(hi - lo, size, size,
