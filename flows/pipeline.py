@@ -16,7 +16,7 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.layout import Layout
 from tasks.leaderboard import format_leaderboard, leaderboard_task
-from tasks.orchestration import configured, task_runner
+from tasks.orchestration import configured, mlflow_runs_artifact, task_runner
 from tasks.params import Params, load_params
 from tasks.promote import promote_task
 from tasks.register import register_task
@@ -68,6 +68,7 @@ def zoo_pipeline(
     registered = configured(register_task, params, layout)(params, layout, parent)
     promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
+    mlflow_runs_artifact(params, layout, parent)
 
     logger.info("leaderboard:\n%s", format_leaderboard(rows))
     summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
