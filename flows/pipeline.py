@@ -16,7 +16,7 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.layout import Layout
 from tasks.leaderboard import format_leaderboard, leaderboard_task
-from tasks.orchestration import configured, task_runner
+from tasks.orchestration import configured, mlflow_runs_artifact, task_runner
 from tasks.params import Params, load_params
 from tasks.promote import promote_task
 from tasks.register import register_task
@@ -30,17 +30,17 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, s
 
     Returns {arch: "ok" | the failure's message}.
     """
-    evaluations = {}
+    futures = {}
     for arch in params.train.architectures:
         trained = configured(train_task, params, layout, arch).submit(params, layout, arch, parent_run_id)
-        evaluations[arch] = configured(evaluate_task, params, layout, arch).submit(
-            params, layout, arch, wait_for=[trained]
-        )
+        evaluated = configured(evaluate_task, params, layout, arch).submit(params, layout, arch, wait_for=[trained])
+        futures[arch] = (trained, evaluated)
     outcome = {}
-    for arch, future in evaluations.items():
-        future.wait()
-        state = future.state
-        outcome[arch] = "ok" if state.is_completed() else (state.message or state.name)
+    for arch, (trained, evaluated) in futures.items():
+        evaluated.wait()
+        # The first stage that failed says why (evaluate only knows its upstream did not complete).
+        state = next((f.state for f in (trained, evaluated) if not f.state.is_completed()), None)
+        outcome[arch] = "ok" if state is None else (state.message or state.name)
     return outcome
 
 
@@ -68,9 +68,13 @@ def zoo_pipeline(
     registered = configured(register_task, params, layout)(params, layout, parent)
     promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
+    mlflow_runs_artifact(params, layout, parent)
 
     logger.info("leaderboard:\n%s", format_leaderboard(rows))
     summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
     if failed and params.orchestration.fail_fast:
         raise RuntimeError(f"{len(failed)} architecture(s) failed: {', '.join(sorted(failed))}")
+    if failed:
+        logger.warning("completed with %d failed architecture(s) (orchestration.fail_fast: false): %s",
+                       len(failed), ", ".join(sorted(failed)))
     return summary
