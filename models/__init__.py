@@ -1,11 +1,16 @@
-"""The architecture zoo: `models.build(name, num_classes, ...)`, `models.available()`.
+"""The architecture zoo: `models.build(name, num_classes, ...)`, `models.available()`,
+`models.catalogue()`.
 
 Importing this package imports every family module, so each registers itself.
 """
 
 from models.registry import FittedClassifier, ModelInfo, available, build, register
 
-# Every family registers its builders on import (order: the history of the lecture notes).
-from models import baselines, lenet, resnet  # noqa: E402,F401  isort: skip
+# Every family registers its builders on import, in the order of the lecture notes' history.
+from models import (  # noqa: E402,F401  isort: skip
+    baselines, lenet, alexnet, zfnet, vgg, googlenet, resnet, preact, wrn, resnext, stochastic_depth, senet,
+    densenet, mobilenet, efficientnet, deformable, vit, coatnet,
+)
+from models.catalogue import catalogue  # noqa: E402  isort: skip
 
-__all__ = ["FittedClassifier", "ModelInfo", "available", "build", "register"]
+__all__ = ["FittedClassifier", "ModelInfo", "available", "build", "catalogue", "register"]

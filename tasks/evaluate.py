@@ -341,8 +341,12 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate(params: Params, layout: Layout, arch: str, run_id: str | None = None) -> dict:
-    """Evaluate the trained `arch`; write `layout.eval(arch)`; log to MLflow run `run_id` if given."""
+    """Evaluate the trained `arch`; write `layout.eval(arch)`; log to MLflow run `run_id`, by default
+    the run its training opened."""
+    from tasks import tracking
     from tasks.ingest import load_prepared
+
+    run_id = run_id or tracking.arch_run_id(layout, arch)
     from tasks.train import load_trained
 
     data = load_prepared(layout.prepared)

@@ -15,6 +15,7 @@ inside a temporary folder that replaces `data/prepared/` only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -38,12 +39,12 @@ from tasks.errors import DataError
 from tasks.files import atomic_dir, read_json, write_json
 from tasks.layout import Layout
 from tasks.params import DataParams, Params
-from tasks.sources import Record, Refusal, Source, open_source, resolve_tree
+from tasks.sources import Entry, Record, Refusal, Source, open_source, resolve_tree
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "outcome", "reason", "label", "split", "index", "sha256", "bytes", "width", "height", "mode")
 _SCRATCH = ".decoded.u8"
-_BLOCK = 4096  # images per block when writing the split files
+_BLOCK_BYTES = 8 << 20  # scratch read per step when writing the split files
 
 
 # ---------------------------------------------------------------- reading back
@@ -75,7 +76,8 @@ class PreparedData:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.meta["splits"]:
             raise DataError(f"{self.path}: no split {name!r} (have {', '.join(self.meta['splits'])})")
-        images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
+        # copy-on-write: writable for consumers (torch.from_numpy), while the file itself never changes
+        images = np.load(self.path / f"{name}_images.npy", mmap_mode="c")
         labels = np.load(self.path / f"{name}_labels.npy")
         return images, labels
 
@@ -106,18 +108,20 @@ def ingest(params: Params, layout: Layout) -> dict:
         rows, gray = _decode_all(source, data, decode_channels, scratch)
         classes = _settle_labels(source, data, rows)
         _limit_per_class(rows, data.limit_per_class)
-        ok = [r for r in rows if r["outcome"] == "ok"]
-        labels = np.array([classes.index(r["label"]) for r in ok], dtype=np.int64)
-        hints = [r["split"] for r in ok]
-        split_of = assign_splits(labels, hints, len(classes), data.test_fraction, data.val_fraction, data.split_seed)
-        channels = data.channels or source.channels or (1 if all(gray[r["_pos"]] for r in ok) else 3)
-        positions = np.array([r["_pos"] for r in ok], dtype=np.int64)
+        ok = [r for r in rows if r.outcome == "ok"]
+        code_of = {name: i for i, name in enumerate(classes)}
+        labels = np.array([code_of[r.label] for r in ok], dtype=np.int64)
+        split_of = assign_splits(labels, [r.split for r in ok], len(classes), data.test_fraction,
+                                 data.val_fraction, data.split_seed)
+        positions = np.array([r.pos for r in ok], dtype=np.int64)
+        channels = data.channels or source.channels or (1 if gray[positions].all() else 3)
         splits = _write_splits(tmp, scratch, decode_channels, channels, data.image_size, positions, labels,
                                split_of, len(classes))
-        for name, code in zip(SPLITS, range(3)):
-            for index, row in enumerate(r for r, s in zip(ok, split_of) if s == code):
-                row["split"], row["index"] = name, index
         scratch.unlink()
+        counters = [0, 0, 0]
+        for row, code in zip(ok, split_of.tolist()):
+            row.split, row.index = SPLITS[code], counters[code]
+            counters[code] += 1
         meta = {
             "source": source.info,
             "classes": classes,
@@ -130,7 +134,7 @@ def ingest(params: Params, layout: Layout) -> dict:
         }
         write_json(tmp / "meta.json", meta)
         _write_manifest(tmp / "manifest.csv", rows)
-    bad = [r for r in rows if r["outcome"] == "bad"]
+    bad = [r for r in rows if r.outcome == "bad"]
     return {
         "source": source.kind,
         "num_classes": len(classes),
@@ -138,8 +142,8 @@ def ingest(params: Params, layout: Layout) -> dict:
         "channels": channels,
         "counts": {name: s["count"] for name, s in splits.items()},
         "bad_files": len(bad),
-        "ignored_files": sum(r["outcome"] == "ignored" for r in rows),
-        "quarantined": [f"{r['path']}: {r['reason']}" for r in bad[:20]],
+        "ignored_files": sum(r.outcome == "ignored" for r in rows),
+        "quarantined": [f"{r.path}: {r.reason}" for r in bad[:20]],
         "data_sha256": meta["data_sha256"],
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -155,27 +159,28 @@ def data_sha256(classes: list[str], image_size: int, channels: int, splits: dict
 # ---------------------------------------------------------------- decoding
 
 
-def _decode_all(source: Source, data: DataParams, channels: int, scratch: Path) -> tuple[list[dict], list[bool]]:
-    """Decode every record into `scratch` (raw uint8, source order); one manifest row per item."""
-    rows: list[dict] = []
-    gray: list[bool] = []
-    with open(scratch, "wb") as out:
-        for batch, images, infos in _decoded(source.items, data, channels):
+def _decode_all(source: Source, data: DataParams, channels: int, scratch: Path) -> tuple[list[Entry], np.ndarray]:
+    """Decode every record into `scratch` (raw uint8, source order); one manifest entry per item.
+    Also returns, per decoded image, whether its source was grayscale."""
+    rows: list[Entry] = []
+    gray = bytearray()
+    with open(scratch, "wb") as out, contextlib.closing(_decoded(source.items, data, channels)) as decoded:
+        for batch, images, infos in decoded:
             out.write(np.ascontiguousarray(images).tobytes())
             for item, info in zip(batch, infos):
                 if isinstance(item, Refusal):
-                    row = _row(item.name, "bad" if item.bad else "ignored", item.reason)
-                    if item.bad:
-                        _bad(data, row)
-                elif info["ok"]:
-                    row = _row(item.name, "ok", "", item.label, item.split, info)
-                    row["_pos"] = len(gray)
-                    gray.append(info["mode"] in GRAY_MODES)
+                    row = Entry(item.name, "bad" if item.bad else "ignored", item.reason)
                 else:
-                    row = _row(item.name, "bad", info["reason"], item.label, item.split, info)
-                    _bad(data, row)
+                    row = Entry(item.name, "ok" if info["ok"] else "bad", info.get("reason", ""), item.label,
+                                item.split, None, info.get("sha256", ""), info.get("bytes"), info.get("width"),
+                                info.get("height"), info.get("mode", ""), file=True)
+                    if info["ok"]:
+                        row.pos = len(gray)
+                        gray.append(info["mode"] in GRAY_MODES)
+                if row.outcome == "bad" and not (source.tree and row.file):
+                    _bad(data, row)  # a tree's file may yet turn out to lie outside the tree: judged later
                 rows.append(row)
-    return rows, gray
+    return rows, np.frombuffer(bytes(gray), dtype=np.bool_)
 
 
 def _decoded(items: Iterator[list[Record | Refusal]], data: DataParams, channels: int
@@ -191,13 +196,20 @@ def _decoded(items: Iterator[list[Record | Refusal]], data: DataParams, channels
         return batch, images, [None if isinstance(item, Refusal) else next(it) for item in batch]
 
     items = iter(items)
+    try:
+        yield from _decoded_from(items, data, args, payloads, aligned)
+    finally:  # a failure stops the source (closes its files) at once
+        getattr(items, "close", lambda: None)()
+
+
+def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
     head = list(itertools.islice(items, 2))
     workers = data.workers or _cpu_count()
     if workers <= 1 or len(head) < 2:  # one batch: not worth starting processes
         for batch in itertools.chain(head, items):
             yield aligned(batch, *decode_batch(payloads(batch), *args))
         return
-    with _pool(workers) as pool:
+    with _pool(workers) as pool:  # leaving this block (also on error) terminates the workers
         pending: deque = deque()
         for batch in itertools.chain(head, items):
             pending.append((batch, pool.apply_async(decode_batch, (payloads(batch), *args))))
@@ -222,43 +234,39 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _row(path: str, outcome: str, reason: str, label: str | None = None, split: str | None = None,
-         info: dict | None = None) -> dict:
-    info = info or {}
-    return {"path": path, "outcome": outcome, "reason": reason, "label": label, "split": split, "index": "",
-            **{k: info.get(k, "") for k in ("sha256", "bytes", "width", "height", "mode")}}
-
-
-def _bad(data: DataParams, row: dict) -> None:
+def _bad(data: DataParams, row: Entry) -> None:
     if data.on_bad_file == "fail":
-        raise DataError(f"{row['path']}: {row['reason']} (data.on_bad_file=fail; `skip` quarantines bad files)")
+        raise DataError(f"{row.path}: {row.reason} (data.on_bad_file=fail; `skip` quarantines bad files)")
 
 
 # ---------------------------------------------------------------- labels and splits
 
 
-def _settle_labels(source: Source, data: DataParams, rows: list[dict]) -> list[str]:
+def _settle_labels(source: Source, data: DataParams, rows: list[Entry]) -> list[str]:
     """Fill in labels (tree sources), drop what names no class, and fix the class order."""
     where = source.info.get("path", source.kind)
-    empty: list[str] = []
+    found: list[str] = []
     if source.tree:
-        empty = resolve_tree(rows, source.dirs)
+        found = resolve_tree(rows, source.dirs)
+        for row in rows:
+            if row.outcome == "bad" and row.file:
+                _bad(data, row)
     fixed = data.classes or source.classes
     if fixed is not None:
         known = set(fixed)
+        listed = ", ".join(fixed[:20]) + (" …" if len(fixed) > 20 else "")
         for row in rows:
-            if row["outcome"] == "ok" and row["label"] not in known:
-                row.update(outcome="bad", reason=f"label {row['label']!r} names no class "
-                                                   f"(classes: {', '.join(fixed[:20])}{' …' if len(fixed) > 20 else ''})")
+            if row.outcome == "ok" and row.label not in known:
+                row.drop("bad", f"label {row.label!r} names no class (classes: {listed})")
                 _bad(data, row)
-    seen = Counter(r["label"] for r in rows if r["outcome"] == "ok")
-    candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(empty))
+    seen = Counter(r.label for r in rows if r.outcome == "ok")
+    candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(found))
     classes = []
     for name in candidates:
         if seen[name]:
             classes.append(name)
             continue
-        row = _row(f"{name}/" if source.tree else f"class {name}", "bad", "empty class: no usable images")
+        row = Entry(f"{name}/" if source.tree else f"class {name}", "bad", "empty class: no usable images")
         rows.append(row)
         _bad(data, row)
     if not classes:
@@ -269,17 +277,16 @@ def _settle_labels(source: Source, data: DataParams, rows: list[dict]) -> list[s
     return classes
 
 
-def _limit_per_class(rows: list[dict], limit: int | None) -> None:
+def _limit_per_class(rows: list[Entry], limit: int | None) -> None:
     if limit is None:
         return
     kept: Counter = Counter()
     for row in rows:
-        if row["outcome"] != "ok":
+        if row.outcome != "ok":
             continue
-        key = (row["split"], row["label"])
-        kept[key] += 1
-        if kept[key] > limit:
-            row.update(outcome="ignored", reason=f"beyond data.limit_per_class={limit}")
+        kept[row.split, row.label] += 1
+        if kept[row.split, row.label] > limit:
+            row.drop("ignored", f"beyond data.limit_per_class={limit}")
 
 
 def assign_splits(labels: np.ndarray, hints: list[str | None], num_classes: int, test_fraction: float,
@@ -338,9 +345,10 @@ def _write_splits(tmp: Path, scratch: Path, decode_channels: int, channels: int,
         count = int((split_of == code).sum())
         streams[name] = _NpyStream(tmp / f"{name}_images.npy", (count, size, size, channels))
     order = np.argsort(positions, kind="stable")  # scratch order (source order)
+    step = max(1, _BLOCK_BYTES // per_image)
     with open(scratch, "rb") as fh:
-        for start in range(0, len(order), _BLOCK):
-            chosen = order[start:start + _BLOCK]
+        for start in range(0, len(order), step):
+            chosen = order[start:start + step]
             lo, hi = int(positions[chosen[0]]), int(positions[chosen[-1]]) + 1
             fh.seek(lo * per_image)
             block = np.frombuffer(fh.read((hi - lo) * per_image), np.uint8).reshape(hi - lo, size, size,
@@ -364,12 +372,12 @@ def _write_splits(tmp: Path, scratch: Path, decode_channels: int, channels: int,
     return splits
 
 
-def _write_manifest(path: Path, rows: Iterable[dict]) -> None:
+def _write_manifest(path: Path, rows: Iterable[Entry]) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(MANIFEST_FIELDS)
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in MANIFEST_FIELDS})
+            writer.writerow(["" if getattr(row, k) is None else getattr(row, k) for k in MANIFEST_FIELDS])
 
 
 # ---------------------------------------------------------------- Prefect

@@ -10,6 +10,10 @@ from pathlib import Path
 class Layout:
     root: Path = Path(".")
 
+    def __post_init__(self) -> None:
+        # Absolute, so stages behave the same in threads, Dask workers and tools that need it (GX).
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
     @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"

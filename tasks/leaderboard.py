@@ -163,9 +163,16 @@ def to_csv(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     return buffer.getvalue()
 
 
-def leaderboard(params: Params, layout: Layout) -> list[dict]:
-    """Rows for every architecture in params (and the ensemble, if one was made), best val acc first."""
+def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None = None) -> list[dict]:
+    """Rows for every architecture in params (and the ensemble, if one was made), best val acc first.
+
+    `failures` ({arch: reason}) marks architectures whose training or evaluation failed in this run,
+    whatever older outputs lie on disk."""
+    failures = failures or {}
     rows = [arch_row(layout, arch) for arch in params.train.architectures]
+    for row in rows:
+        if row["arch"] in failures:
+            row.update(status=f"failed: {failures[row['arch']]}"[:200], val_acc=None, test_acc=None)
     extra = ensemble_row(params, layout, rows)
     if extra:
         rows.append(extra)
@@ -184,11 +191,11 @@ from prefect import task  # noqa: E402 - the Prefect face of the plain function 
 
 
 @task(name="leaderboard")
-def leaderboard_task(params: Params, layout: Layout) -> list[dict]:
+def leaderboard_task(params: Params, layout: Layout, failures: dict[str, str] | None = None) -> list[dict]:
     """The leaderboard, also as a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    rows = leaderboard(params, layout)
+    rows = leaderboard(params, layout, failures)
     create_table_artifact(key="leaderboard", table=[{c: _fmt(c, r.get(c)) for c in COLUMNS} for r in rows],
                           description="zooflow leaderboard: sorted by val accuracy")
     return rows

@@ -7,6 +7,7 @@ the allowed values, raised before any stage does work.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -233,6 +234,27 @@ class MlflowParams(Section):
     http_timeout: int = Field(30, ge=1, description="seconds before an HTTP request to the server fails")
 
 
+class OrchestrationParams(Section):
+    task_runner: Literal["sequential", "threads", "dask"] = Field(
+        "sequential", description="how train/evaluate fan out over architectures"
+    )
+    max_workers: int = Field(2, ge=1, description="threads, or Dask workers of the local cluster")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler; null: a LocalCluster")
+    fail_fast: bool = Field(
+        True, description="true: any failed architecture fails the run (after the others finish)"
+    )
+    cache: bool = Field(True, description="skip stages whose inputs (data, params, code) are unchanged")
+    retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
+    retry_delay_seconds: float = Field(5.0, ge=0)
+    timeout_seconds: dict[str, float] = Field(
+        default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
+    )
+
+
+# `register` is also ABCMeta.register on the class; on instances the field wins, as intended.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class Params(Section):
     seed: int = 0
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -244,6 +266,7 @@ class Params(Section):
     ensemble: EnsembleParams = Field(default_factory=EnsembleParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -294,7 +317,7 @@ def _format(exc: ValidationError, prefix: str = "") -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in err and err["type"] not in ("missing",):
+        elif "input" in err and err["type"] not in ("missing", "value_error"):
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
@@ -321,3 +344,25 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             raise ParamsError(f"{path}: train.overrides.{arch}: not in train.architectures")
         params.train.for_arch(arch)
     return params
+
+
+def reference_rows(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every leaf key of the schema, in declaration order."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(reference_rows(annotation, f"{key}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        rows.append((key, shown, field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The params reference table of the README."""
+    lines = ["| key | default | what it does |", "| --- | --- | --- |"]
+    lines += [f"| `{key}` | `{default}` | {text} |" for key, default, text in reference_rows()]
+    return "\n".join(lines)

@@ -287,11 +287,7 @@ def register(params: Params, layout: Layout, parent_run_id: str | None = None) -
                for arch, weight in cand["members"].items()}
     train_info = {a: read_json(layout.train(a) / "train.json") if (layout.train(a) / "train.json").exists() else {}
                   for a in cand["members"]}
-    runs = {}
-    for arch in cand["members"]:
-        run_file = layout.train(arch) / "mlflow_run.json"
-        if run_file.exists():
-            runs[arch] = read_json(run_file)["run_id"]
+    runs = {arch: run for arch in cand["members"] if (run := tracking.arch_run_id(layout, arch))}
     val_images, val_labels = data.split("val")
     lineage = {
         "data_sha256": str(meta_value(data.meta, "data_sha256")) if _has(data.meta, "data_sha256") else "unknown",

@@ -14,6 +14,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tasks.files import read_json, write_json
+from tasks.layout import Layout
 from tasks.params import Params
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -55,13 +56,25 @@ def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:
     client(params).set_terminated(run_id, status=status)
 
 
-def arch_run(params: Params, run_file: Path, arch: str, parent_run_id: str | None) -> str:
-    """The architecture's child run: reopened from `run_file` when train made it, else made now."""
-    if run_file.exists():
-        return read_json(run_file)["run_id"]
+def new_arch_run(params: Params, layout: Layout, arch: str, parent_run_id: str | None = None) -> str:
+    """Open the architecture's run (a child of the pipeline's run, when there is one).
+
+    Its id is kept beside the training outputs so the evaluate stage, even in another process
+    (`dvc repro`), logs to the same run.
+    """
     run_id = start_run(params, arch, parent_run_id, tags={"zooflow.arch": arch})
-    write_json(run_file, {"run_id": run_id, "parent_run_id": parent_run_id})
+    write_json(_run_file(layout, arch), {"run_id": run_id, "parent_run_id": parent_run_id})
     return run_id
+
+
+def arch_run_id(layout: Layout, arch: str) -> str | None:
+    """The run that training of `arch` logged to, if any."""
+    path = _run_file(layout, arch)
+    return read_json(path)["run_id"] if path.exists() else None
+
+
+def _run_file(layout: Layout, arch: str) -> Path:
+    return layout.root / "outputs" / "runs" / f"{arch}.json"
 
 
 def log_params(params: Params, run_id: str, values: dict[str, Any]) -> None:

@@ -592,12 +592,12 @@ def load_state_resizing(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(state)
 
 
-def train_tracked(params: Params, layout: Layout, arch: str, run_id: str | None = None) -> dict:
-    """train() with MLflow: params before, per-epoch metrics during, summary and curves after."""
+def train_tracked(params: Params, layout: Layout, arch: str, parent_run_id: str | None = None) -> dict:
+    """train() with MLflow: a new run for `arch` (a child of the pipeline's run, if given); params
+    before, per-epoch metrics during, summary and curves after."""
     from tasks import tracking
 
-    if run_id is None:
-        return train(params, layout, arch)
+    run_id = tracking.new_arch_run(params, layout, arch, parent_run_id)
     tp = params.train.for_arch(arch)
     try:
         tracking.log_params(

@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from prefect import task  # noqa: E402
 
 from tasks.errors import DataError  # noqa: E402
-from tasks.files import atomic_dir, write_json  # noqa: E402
+from tasks.files import atomic_dir, read_json, write_json  # noqa: E402
 from tasks.ingest import SPLITS, PreparedData, load_prepared  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.params import VALIDATION_CHECKS, Params  # noqa: E402
@@ -120,6 +120,7 @@ def _int(value: Any) -> int | None:
 def expectations(params: Params, prepared: PreparedData) -> dict[str, list[tuple[str, Any]]]:
     """table name -> [(check name, GX expectation)]."""
     import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
 
     v = params.validate_
     size = params.data.image_size
@@ -139,11 +140,15 @@ def expectations(params: Params, prepared: PreparedData) -> dict[str, list[tuple
         ("shapes_and_dtypes", gxe.ExpectColumnValuesToBeBetween(column="mean", min_value=0, max_value=255)),
         ("no_test_leakage", gxe.ExpectColumnValuesToBeInSet(column="test_leak", value_set=[False])),
         ("no_train_val_overlap", gxe.ExpectColumnValuesToBeInSet(column="train_val_overlap", value_set=[False])),
-        ("duplicates_within_split", gxe.ExpectColumnValuesToBeInSet(
-            column="duplicate_in_split", value_set=[False], mostly=1.0 - v.max_duplicate_fraction)),
-        ("near_constant_images", gxe.ExpectColumnValuesToBeBetween(
-            column="std", min_value=v.constant_std, mostly=1.0 - v.max_constant_fraction)),
     ]
+    for split in SPLITS:  # fractions are per split
+        where = {"row_condition": Column("split") == split}
+        images += [
+            ("duplicates_within_split", gxe.ExpectColumnValuesToBeInSet(
+                column="duplicate_in_split", value_set=[False], mostly=1.0 - v.max_duplicate_fraction, **where)),
+            ("near_constant_images", gxe.ExpectColumnValuesToBeBetween(
+                column="std", min_value=v.constant_std, mostly=1.0 - v.max_constant_fraction, **where)),
+        ]
     counts = [
         ("min_per_class", gxe.ExpectColumnValuesToBeBetween(column="count", min_value=v.min_per_class)),
     ]
@@ -175,7 +180,7 @@ def run_suite(params: Params, prepared: PreparedData, tables: dict[str, pd.DataF
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         data_docs_sites={"zooflow": {
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }},
         analytics_enabled=False,
@@ -189,7 +194,9 @@ def run_suite(params: Params, prepared: PreparedData, tables: dict[str, pd.DataF
         batch = datasource.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole")
         suite = context.suites.add(gx.ExpectationSuite(name=f"zooflow-{table_name}"))
         for check, expectation in pairs:
-            expectation.meta = {"check": check, "severity": severity_of(params, check), "why": CHECKS[check][1]}
+            severity = severity_of(params, check)
+            expectation.meta = {"check": check, "severity": severity, "why": CHECKS[check][1]}
+            expectation.notes = f"zooflow check `{check}` ({severity}): {CHECKS[check][1]}"
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"prepared-{table_name}", data=batch, suite=suite))
@@ -304,4 +311,20 @@ def _failure_message(failed: list[dict], layout: Layout) -> str:
 
 # ---------------------------------------------------------------- Prefect
 
-validate_task = task(name="validate")(validate)
+@task(name="validate")
+def validate_task(params: Params, layout: Layout) -> dict:
+    """validate(), with its summary as a Prefect markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    summary = validate(params, layout)
+    rows = "\n".join(
+        f"| {name} | {check['severity']} | {'pass' if check['success'] else 'FAIL'} | {check['why']} |"
+        for name, check in read_json(layout.validation / "result.json")["checks"].items()
+    )
+    create_markdown_artifact(
+        f"## Data validation: {'passed' if summary['success'] else 'FAILED'}\n\n"
+        f"{summary['passed']} of {summary['expectations']} expectations met, {summary['warnings']} warnings.\n\n"
+        f"| check | severity | result | why |\n| --- | --- | --- | --- |\n{rows}\n",
+        key="validation-summary",
+    )
+    return summary

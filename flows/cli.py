@@ -1,0 +1,234 @@
+"""The `zooflow` command: `run` (the Prefect flow), one subcommand per stage (what `dvc repro` calls),
+and the registry's manual steps. Bad input exits 2 with one line naming the key, file or value."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tasks.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="the params file")]
+Overrides = Annotated[
+    Optional[list[str]], typer.Option("--set", "-S", help="override a param: key.path=value (repeatable)")
+]
+Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as in `zooflow zoo`")]
+
+
+def _params(params_file: Path, overrides: list[str] | None):
+    from tasks.params import load_params
+
+    return load_params(params_file, overrides or [])
+
+
+def _layout():
+    from tasks.layout import Layout
+
+    return Layout(Path("."))
+
+
+@app.command()
+def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
+    _params(params_file, overrides)  # fail on bad params before Prefect starts
+    from flows.pipeline import zoo_pipeline
+    from tasks import tracking
+
+    summary = zoo_pipeline(params_file=str(params_file), overrides=overrides or [])
+    params = _params(params_file, overrides)
+    from tasks.leaderboard import format_leaderboard
+
+    typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
+    registered, promoted = summary["registered"], summary["promoted"]
+    name = params.register.model_name
+    typer.echo(
+        f"\nRegistered {name} version {registered.get('version')} as @challenger; "
+        f"@staging is version {promoted.get('staging')}: {promoted.get('why', '')}\n"
+        f"Next:  mlflow ui --backend-store-uri {tracking.tracking_uri(params)}"
+        f"    # runs, metrics, the model registry\n"
+        f"       zooflow history {name}    # who moved @staging, when and why"
+    )
+
+
+@app.command()
+def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Prepare the dataset into data/prepared/."""
+    from tasks.ingest import ingest as stage
+
+    _echo(stage(_params(params_file, overrides), _layout()))
+
+
+@app.command()
+def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Check data/prepared/ with the Great Expectations suite; reports/validation/."""
+    from tasks.validate import validate as stage
+
+    _echo(stage(_params(params_file, overrides), _layout()))
+
+
+@app.command()
+def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Normalisation stats, augmentation policy and preview into data/augment/."""
+    from tasks.augment import augment as stage
+
+    _echo(stage(_params(params_file, overrides), _layout()))
+
+
+@app.command()
+def train(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
+    from tasks.train import train_task
+
+    params, layout = _params(params_file, overrides), _layout()
+    _check_arch(params, arch)
+    _echo(train_task.fn(params, layout, arch))
+
+
+@app.command()
+def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
+    from tasks.evaluate import evaluate_task
+
+    params, layout = _params(params_file, overrides), _layout()
+    _check_arch(params, arch)
+    _echo(evaluate_task.fn(params, layout, arch))
+
+
+@app.command()
+def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Combine the models' saved logits; chosen on val."""
+    from tasks.ensemble import ensemble as stage
+
+    _echo(stage(_params(params_file, overrides), _layout()))
+
+
+@app.command()
+def leaderboard(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Print (and write) the leaderboard of the evaluated models."""
+    from tasks.leaderboard import format_leaderboard, leaderboard as stage
+
+    typer.echo(format_leaderboard(stage(_params(params_file, overrides), _layout())))
+
+
+@app.command()
+def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Register the best model on val as a new version, alias @challenger."""
+    from tasks.register import register as stage
+
+    _echo(stage(_params(params_file, overrides), _layout()))
+
+
+@app.command()
+def promote(
+    name: Annotated[Optional[str], typer.Argument(help="registered model (manual promotion)")] = None,
+    version: Annotated[Optional[str], typer.Argument(help="its version (manual promotion)")] = None,
+    to: Annotated[str, typer.Option("--to", help="alias to move: staging or production")] = "staging",
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Without arguments: the champion/challenger gate. With NAME VERSION --to ALIAS: a manual move."""
+    params = _params(params_file, overrides)
+    if name is None:
+        from tasks.promote import promote as stage
+
+        _echo(stage(params, _layout()))
+        return
+    if version is None or to not in ("staging", "production"):
+        raise UserError("usage: zooflow promote NAME VERSION --to staging|production")
+    from tasks.promote import promote_version
+
+    _echo(promote_version(params, name, version, to))
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="registered model")],
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Every alias move of a registered model: from, to, when, why."""
+    from tasks.promote import alias_history, format_history
+
+    typer.echo(format_history(alias_history(_params(params_file, overrides), name)))
+
+
+@app.command("params")
+def show_params(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+    reference: Annotated[bool, typer.Option("--reference", help="every key with its default, as Markdown")] = False,
+) -> None:
+    """The effective parameters (params.yaml + overrides, defaults filled in), as YAML."""
+    import yaml
+
+    from tasks.params import reference_markdown
+
+    if reference:
+        typer.echo(reference_markdown())
+        return
+    params = _params(params_file, overrides)
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+@app.command()
+def zoo() -> None:
+    """The architecture catalogue: family, year, params and FLOPs at 32×32 and 224×224, paper."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import models
+
+    table = Table("name", "family", "year", "params", "GFLOPs 32²", "GFLOPs 224²", "paper", box=None)
+    for row in models.catalogue():
+        table.add_row(
+            row["name"], row["family"], str(row["year"]), f"{row['params']:,}",
+            _gflops(row["flops_32"]), _gflops(row["flops_224"]), row["paper"],
+        )
+    Console(width=200).print(table)
+
+
+def _gflops(flops: int | None) -> str:
+    return "—" if flops is None else f"{flops / 1e9:.3f}"
+
+
+def _check_arch(params, arch: str) -> None:
+    if arch not in params.train.architectures:
+        allowed = ", ".join(params.train.architectures)
+        raise UserError(f"--arch {arch!r} is not in train.architectures; allowed: {allowed}")
+
+
+def _echo(summary) -> None:
+    import json
+
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded Prefect API starts in a subprocess; 20 s (Prefect's default) is short on a busy laptop.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

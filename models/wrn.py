@@ -1,0 +1,45 @@
+"""Wide Residual Networks (Zagoruyko & Komodakis 2016): fewer, wider pre-activation blocks.
+
+WRN-d-k: (d-4)/6 blocks per stage, widths 16k, 32k, 64k, dropout between the two 3x3 convs of a
+block (Sec. 2.4). The ImageNet counterpart WRN-50-2 is torchvision's wide_resnet50_2 (a bottleneck
+ResNet-50 with the 3x3 layers twice as wide).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from models.preact import PreActBlock, PreActResNet
+from models.registry import register
+from models.resnet import imagenet_resnet
+
+PAPER = "Zagoruyko & Komodakis, Wide Residual Networks (2016)"
+
+
+def wide_resnet(depth: int, k: int, num_classes: int, in_channels: int, dropout: float) -> nn.Module:
+    if (depth - 4) % 6:
+        raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40, ...), got {depth}")
+    n = (depth - 4) // 6
+    return PreActResNet(PreActBlock, [n, n, n], [16 * k, 32 * k, 64 * k], num_classes, in_channels,
+                        stem="cifar", stem_width=16, dropout=dropout)
+
+
+def _wrn(depth: int, k: int, dropout: float) -> None:
+    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = dropout,
+                depth: int = depth, k: int = k) -> nn.Module:
+        return wide_resnet(depth, k, num_classes, in_channels, dropout)
+
+    builder.__doc__ = f"WRN-{depth}-{k}, dropout {dropout} between the convs of each block."
+    register("Wide ResNet", 2016, PAPER, scale="small", name=f"wrn{depth}_{k}")(builder)
+
+
+_wrn(28, 10, 0.3)  # the paper's best CIFAR net, dropout 0.3 (Table 6)
+_wrn(40, 4, 0.3)
+_wrn(16, 8, 0.3)
+_wrn(16, 4, 0.3)
+
+
+@register("Wide ResNet", 2016, PAPER, scale="any")
+def wide_resnet50_2(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, image_size, variant, width_per_group=128)

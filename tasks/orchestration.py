@@ -1,0 +1,109 @@
+"""How stages run under Prefect: retries only on transient errors, per-stage timeouts, the task runner.
+
+Stage modules wrap their plain functions as bare Prefect tasks; the policies a user sets in
+`params.orchestration` are applied here, in one place, when the flow calls them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks import caching
+from tasks.errors import UserError
+from tasks.layout import Layout
+from tasks.params import Params
+
+
+def transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a failed stage unless the user's input is at fault: bad params or bad data never heal."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:  # anything else (HTTP, file system, OOM) may be transient
+        return True
+    return False
+
+
+CACHED_STAGES = ("ingest", "validate", "augment", "train", "evaluate")
+
+
+def configured(task: Task, params: Params, layout: Layout, arch: str | None = None) -> Task:
+    """`task` with the retries, timeout and cache that params.orchestration sets for its stage."""
+    stage = task.name
+    orch = params.orchestration
+    options: dict[str, Any] = dict(
+        retries=orch.retries,
+        retry_delay_seconds=[orch.retry_delay_seconds * 2**i for i in range(max(orch.retries, 1))],
+        retry_condition_fn=transient_only,
+        timeout_seconds=orch.timeout_seconds.get(stage),
+        task_run_name=f"{stage}-{arch}" if arch else stage,  # "train-lenet5" in the UI and the client
+        log_prints=True,  # the per-epoch lines of training show up in the Prefect UI's logs
+    )
+    if stage in CACHED_STAGES and orch.cache:
+        # Outputs deleted since the cached run: run again rather than hand on a result whose files are gone.
+        options.update(
+            cache_key_fn=caching.prefect_key,
+            persist_result=True,
+            refresh_cache=not caching.outputs_present(stage, layout, arch),
+        )
+    return task.with_options(**options)
+
+
+def task_runner(params: Params) -> Any:
+    """The runner that fans train/evaluate out over architectures."""
+    orch = params.orchestration
+    if orch.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if orch.dask_address:
+            return DaskTaskRunner(address=orch.dask_address)
+        # One architecture per single-threaded worker process; torch would oversubscribe otherwise.
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": orch.max_workers, "threads_per_worker": 1, "processes": True}
+        )
+    workers = orch.max_workers if orch.task_runner == "threads" else 1
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def mlflow_runs_artifact(params: Params, layout: Layout, parent_run_id: str) -> str:
+    """A Prefect artifact pointing at this run's MLflow runs: the parent and one child per architecture.
+
+    With an MLflow server (http/https) it is a link artifact to the parent run in the MLflow UI plus a
+    markdown table of links; with a local store (no UI URL to link to) a markdown table of run ids.
+    Returns the artifact's key.
+    """
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    from tasks import tracking
+
+    uri = tracking.tracking_uri(params).rstrip("/")
+    experiment = tracking.experiment_id(params)
+    served = uri.startswith(("http://", "https://"))
+    runs = [("pipeline (parent)", parent_run_id)] + [
+        (arch, tracking.arch_run_id(layout, arch)) for arch in params.train.architectures
+    ]
+
+    def cell(run_id: str | None) -> str:
+        if run_id is None:
+            return "—"
+        return f"[{run_id}]({uri}/#/experiments/{experiment}/runs/{run_id})" if served else f"`{run_id}`"
+
+    table = "\n".join(f"| {name} | {cell(run_id)} |" for name, run_id in runs)
+    where = f"MLflow at `{uri}`, experiment `{params.mlflow.experiment}` (id {experiment})"
+    if not served:
+        where += f"; browse with `mlflow ui --backend-store-uri {uri}`"
+    markdown = f"## MLflow runs\n\n{where}\n\n| run | MLflow run id |\n| --- | --- |\n{table}\n"
+    if served:
+        create_link_artifact(
+            key="mlflow-parent-run",
+            link=f"{uri}/#/experiments/{experiment}/runs/{parent_run_id}",
+            link_text="MLflow: the pipeline run and its per-architecture child runs",
+        )
+    create_markdown_artifact(markdown, key="mlflow-runs", description="the MLflow runs of this flow run")
+    return "mlflow-runs"

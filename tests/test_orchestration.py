@@ -1,0 +1,180 @@
+"""How the pipeline runs under Prefect, with real flow and task runs (Prefect's test harness, MLflow in
+a sqlite file of the project): caching by real inputs, retries only on transient errors, isolation of a
+failing architecture, and the Dask task runner giving the sequential leaderboard."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from mlflow import MlflowClient
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+from flows.pipeline import zoo_pipeline
+from tasks.errors import DataError, ParamsError
+from tasks.layout import Layout
+from tasks.orchestration import configured
+from tasks.params import load_params
+
+TINY = [
+    "data.limit_per_class=30",
+    "validate.min_per_class=2",
+    "train.epochs=1",
+    "orchestration.retries=0",
+]
+
+
+def run_pipeline(overrides: list[str]):
+    """The flow's final state and {task run name: state name} of every task run it made (subflows too)."""
+    state = zoo_pipeline(params_file="params.yaml", overrides=TINY + overrides, return_state=True)
+    return state, task_states(state.state_details.flow_run_id)
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        ids = [flow_run_id, *(f.id for f in subflows)]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {run.name: run.state.name for run in runs if run.state is not None}
+
+
+# --------------------------------------------------------------------------- caching
+
+
+@pytest.mark.slow
+def test_rerun_is_cached_changed_epochs_retrain_deleted_outputs_rerun(project, prefect_harness):
+    archs = ["train.architectures=[knn, lenet5]"]
+    first, states = run_pipeline(archs)
+    assert first.is_completed()
+    assert states["train-lenet5"] == "Completed" and states["train-knn"] == "Completed"
+
+    second, states = run_pipeline(archs)
+    assert second.is_completed()
+    for name in ("ingest", "validate", "augment", "train-knn", "train-lenet5", "evaluate-knn", "evaluate-lenet5"):
+        assert states[name] == "Cached", (name, states)
+
+    # train.epochs is read by train (and evaluate, which reads its outputs), not by the data stages.
+    third, states = run_pipeline(archs + ["train.epochs=2"])
+    assert third.is_completed()
+    assert states["train-lenet5"] == "Completed" and states["evaluate-lenet5"] == "Completed"
+    assert states["ingest"] == states["validate"] == states["augment"] == "Cached"
+    history = (project / "outputs" / "train" / "lenet5" / "history.json").read_text()
+    assert '"epoch": 1' in history
+
+    # Outputs deleted behind Prefect's back: the cached state is not trusted, the stage runs again.
+    shutil.rmtree(project / "outputs" / "train" / "knn")
+    fourth, states = run_pipeline(archs + ["train.epochs=2"])
+    assert fourth.is_completed()
+    assert states["train-knn"] == "Completed" and states["train-lenet5"] == "Cached"
+    assert (project / "outputs" / "train" / "knn" / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- retries
+
+
+ATTEMPTS: dict[str, int] = {}
+
+
+@task(name="flaky")
+def flaky(params, layout, kind: str, fail_times: int) -> str:
+    ATTEMPTS[kind] = ATTEMPTS.get(kind, 0) + 1
+    if ATTEMPTS[kind] <= fail_times:
+        if kind == "params":
+            raise ParamsError("train.batch_size: must be positive")
+        if kind == "data":
+            raise DataError("data/prepared/meta.json: unreadable")
+        raise OSError("NFS hiccup: stale file handle")  # transient
+    return "ok"
+
+
+@flow
+def retrying(kind: str, fail_times: int):
+    params = load_params("params.yaml", ["orchestration.retries=2", "orchestration.retry_delay_seconds=0"])
+    return configured(flaky, params, Layout()).submit(params, Layout(), kind, fail_times).wait()
+
+
+@pytest.mark.parametrize(
+    "kind, fail_times, attempts, final",
+    [
+        ("params", 5, 1, "Failed"),  # a user error never heals: no retry
+        ("data", 5, 1, "Failed"),
+        ("transient", 1, 2, "Completed"),  # one retry and it works
+        ("transient", 5, 3, "Failed"),  # retries=2: three attempts, then give up
+    ],
+)
+def test_retries_only_transient_errors(project, prefect_harness, kind, fail_times, attempts, final):
+    ATTEMPTS.clear()
+    state = retrying(kind, fail_times, return_state=True)
+    states = task_states(state.state_details.flow_run_id)
+    assert ATTEMPTS[kind] == attempts
+    assert states["flaky"] == final
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+@pytest.mark.slow
+def test_failing_architecture_leaves_the_others_trained_and_registered(project, prefect_harness):
+    # lenet5 is built with an option its builder refuses: that architecture fails, the others must not.
+    broken = ["train.architectures=[knn, lenet5, mlp]", "train.model_options={lenet5: {no_such_option: 1}}"]
+    state, states = run_pipeline(broken + ["orchestration.fail_fast=true"])
+    assert state.is_failed()
+    assert "lenet5" in state.message
+    assert states["train-lenet5"] == "Failed"
+    assert states["train-knn"] == states["train-mlp"] == "Completed"
+    assert states["register"] == "Completed"
+
+    rows = {row["arch"]: row for row in load_leaderboard(project)}
+    assert rows["lenet5"]["status"].startswith("failed: ")
+    assert "no_such_option" in rows["lenet5"]["status"]
+    assert rows["knn"]["status"] == rows["mlp"]["status"] == "ok"
+
+    version = MlflowClient().get_model_version_by_alias("digits-classifier", "challenger")
+    assert "lenet5" not in version.tags["zooflow.members"]
+
+    # fail_fast false: the same failure is reported, the run Completes (a model was registered).
+    state, states = run_pipeline(broken + ["orchestration.fail_fast=false"])
+    assert state.is_completed()
+    assert states["train-lenet5"] == "Failed" and states["train-knn"] == "Cached"
+    summary = state.result()
+    assert set(summary["failed"]) == {"lenet5"}
+    assert summary["registered"]["version"]
+
+
+def load_leaderboard(project):
+    import csv
+
+    with open(project / "outputs" / "leaderboard" / "leaderboard.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dask_runner_gives_the_sequential_leaderboard(project, prefect_harness, tmp_path):
+    archs = ["train.architectures=[knn, lenet5]", "orchestration.cache=false"]
+    state, _ = run_pipeline(archs)
+    assert state.is_completed()
+    sequential = {r["arch"]: r for r in state.result()["leaderboard"] if r["kind"] == "single"}
+
+    shutil.rmtree(project / "outputs")
+    state, states = run_pipeline(archs + ["orchestration.task_runner=dask", "orchestration.max_workers=2"])
+    assert state.is_completed(), state.message
+    assert states["train-lenet5"] == states["train-knn"] == "Completed"
+    dask = {r["arch"]: r for r in state.result()["leaderboard"] if r["kind"] == "single"}
+
+    assert set(dask) == set(sequential) == {"knn", "lenet5"}
+    for arch in sequential:
+        assert dask[arch]["val_acc"] == sequential[arch]["val_acc"], arch
+        assert dask[arch]["test_acc"] == sequential[arch]["test_acc"], arch
+    # The workers wrote into the project (absolute Layout) and logged to the same MLflow store.
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("zooflow").experiment_id], "tags.`zooflow.arch` = 'lenet5'"
+    )
+    assert len(runs) == 2

@@ -1,0 +1,73 @@
+"""params.yaml and `-S` overrides: typed, and wrong input is named before any work starts."""
+
+import pytest
+
+from tasks.errors import ParamsError
+from tasks.params import Params, load_params
+
+
+def test_repo_params_parse(project):
+    params = load_params("params.yaml")
+    assert params.data.source == "digits"
+    assert params.train.architectures
+
+
+def test_missing_file_gives_defaults(tmp_path):
+    assert load_params(tmp_path / "absent.yaml") == Params()
+
+
+def test_overrides_use_yaml_values(project):
+    params = load_params("params.yaml", ["train.epochs=3", "train.architectures=[knn]", "augment.hflip=true"])
+    assert params.train.epochs == 3
+    assert params.train.architectures == ["knn"]
+    assert params.augment.hflip is True
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.epochs=-1", "train.epochs"),
+        ("train.architectures=[nope]", "unknown architecture 'nope'"),
+        ("train.epoch=3", "train.epoch: unknown key"),
+        ("data.source=imagenet", "data.source"),
+        ("train.optimizer.name=lbfgs", "train.optimizer.name"),
+        ("train.batch_size=many", "train.batch_size"),
+    ],
+)
+def test_bad_values_name_the_key(project, override, named):
+    with pytest.raises(ParamsError) as exc:
+        load_params("params.yaml", [override])
+    assert named in str(exc.value)
+
+
+def test_unknown_architecture_lists_allowed(project):
+    with pytest.raises(ParamsError) as exc:
+        load_params("params.yaml", ["train.architectures=[nope]"])
+    assert "allowed:" in str(exc.value) and "lenet5" in str(exc.value)
+
+
+def test_per_architecture_override_is_validated(project):
+    params = load_params("params.yaml", ["train.overrides={lenet5: {epochs: 2}}"])
+    assert params.train.for_arch("lenet5").epochs == 2
+    assert params.train.for_arch("knn").epochs == params.train.epochs
+    with pytest.raises(ParamsError, match="train.overrides.lenet5.epochs"):
+        load_params("params.yaml", ["train.overrides={lenet5: {epochs: 0}}"])
+
+
+def test_override_without_equals_is_refused(project):
+    with pytest.raises(ParamsError, match="key.path=value"):
+        load_params("params.yaml", ["train.epochs"])
+
+
+def test_every_section_dvc_tracks_is_in_params_yaml(project):
+    """DVC refuses a stage whose params section is missing from params.yaml."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        for key in (stage.get("do") or stage).get("params", []):
+            node = params
+            for part in key.split("."):
+                assert part in node, f"dvc.yaml stage {name} tracks {key}, absent from params.yaml"
+                node = node[part]

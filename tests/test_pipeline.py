@@ -1,0 +1,43 @@
+"""The whole `zoo-pipeline` flow, for real: Prefect (test harness), MLflow (a sqlite store in the
+project folder), Great Expectations, on the embedded digits dataset with a small zoo."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flows.pipeline import zoo_pipeline
+from tasks.ingest import load_prepared
+
+SMALL_ZOO = ["train.architectures=[knn, lenet5]", "train.epochs=4"]
+
+
+@pytest.mark.slow
+def test_pipeline_registers_and_promotes_a_model_that_works(project, prefect_harness):
+    summary = zoo_pipeline(params_file="params.yaml", overrides=SMALL_ZOO)
+
+    rows = {row["arch"]: row for row in summary["leaderboard"]}
+    assert {"knn", "lenet5"} <= set(rows)
+    assert all(row["status"] == "ok" for row in summary["leaderboard"] if row["arch"] in ("knn", "lenet5"))
+
+    result = json.loads((project / "reports" / "validation" / "result.json").read_text())
+    assert result["success"] is True
+
+    client = MlflowClient()
+    staging = client.get_model_version_by_alias("digits-classifier", "staging")
+    challenger = client.get_model_version_by_alias("digits-classifier", "challenger")
+    assert staging.version == challenger.version
+
+    model = mlflow.pyfunc.load_model("models:/digits-classifier@staging")
+    data = load_prepared(project / "data" / "prepared")
+    images, labels = data.split("test")
+    predicted = model.predict(np.asarray(images[:64]))
+    accuracy = float(np.mean(np.asarray(predicted["label"]) == labels[:64]))
+    assert accuracy > 0.85
+
+    # Same data, same params: the challenger is no better, so @staging stays where it was.
+    zoo_pipeline(params_file="params.yaml", overrides=SMALL_ZOO)
+    assert client.get_model_version_by_alias("digits-classifier", "challenger").version != staging.version
+    assert client.get_model_version_by_alias("digits-classifier", "staging").version == staging.version
