@@ -107,7 +107,7 @@ def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
                 m = read_json(path)
                 out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
                             "val": m["val"], "test": m["test"], "params": m.get("params")})
-    ens = layout.ensemble / "ensemble.json"
+    ens = layout.ensemble / "members.json"
     if params.register.candidates in ("all", "ensemble") and ens.exists():
         chosen = read_json(ens)["chosen"]
         if len(chosen["weights"]) > 1:
@@ -359,7 +359,7 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
                "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
                "served_val_accuracy": served_acc, "run_id": run_id, "model_uri": info.model_uri,
                "eval_status": tags[f"{TAG}eval_status"]}
-    write_json(layout.register / "registration.json", summary)
+    write_json(layout.register / "registered.json", summary)
     return summary
 
 
