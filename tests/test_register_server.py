@@ -1,5 +1,5 @@
 """Server mode: register, promote, history and load against a real `mlflow server` on 127.0.0.1,
-through a proxy that fails every fourth request with a 503 (transient errors are retried); then
+through a proxy that fails every sixth request with a 503 (transient errors are retried); then
 the server is stopped and the same calls fail with a clear message, registering nothing."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_server_mode_retries_and_dead_server(tmp_path_factory):
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     images, labels = load_prepared(state.layout.prepared).split("val")
     with service(cmd, f"http://127.0.0.1:{port}/health", folder, env, timeout=240):
-        with flaky_proxy(port) as (proxy_port, counts):
+        with flaky_proxy(port, every=6) as (proxy_port, counts):
             params = make_params(state.root, "register.model_name=digits-server", "mlflow.experiment=server",
                                  f"mlflow.tracking_uri=http://127.0.0.1:{proxy_port}", "mlflow.http_retries=4")
             with chdir(state.root):
