@@ -31,6 +31,11 @@ class State:
     prep: dict
     classes: list[str]
 
+    def with_params(self, *overrides: str) -> Params:
+        """These params (same MLflow store, same model name) with `overrides`."""
+        return make_params(self.root, "evaluate.tta=flip", f"register.model_name={self.params.register.model_name}",
+                           *overrides)
+
 
 @contextlib.contextmanager
 def chdir(path: Path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_fixtures import chdir, make_params, shared_state, register_arch
+from registry_fixtures import chdir, register_arch, shared_state
 from tasks import tracking
 from tasks.errors import UserError
 from tasks.files import read_json
@@ -41,7 +41,7 @@ def test_gate_moves_keeps_and_audits(state):
         assert second["metrics"]["delta"] == 0
 
         v3 = register_arch(state, better)["version"]
-        strict = promote(make_params(state.root, "register.min_delta=0.5"), layout)
+        strict = promote(state.with_params("register.min_delta=0.5"), layout)
         assert not strict["moved"] and "at least 0.5" in strict["why"]
         third = promote(p, layout)
         assert third["moved"] and third["staging"] == v3 and third["previous"] == v1
@@ -86,3 +86,22 @@ def test_manual_promotion_refuses_bad_versions(state):
         assert str(client.get_model_version_by_alias("digits-promote", "production").version) == v
         history = [e for e in alias_history(p, "digits-promote") if e["alias"] == "production"]
     assert [e["action"] for e in history] == ["move", "keep"] and "manual" in history[0]["why"]
+
+
+def test_a_challenger_that_fails_evaluation_is_kept_out_and_cannot_be_promoted(state):
+    import shutil
+
+    p = state.params
+    with chdir(state.root):
+        staging_before = promote(p, state.layout)["staging"]  # whatever the earlier tests left
+        v = register_arch(state, "linear")["version"]
+        # break the stored model: the newest bundle in the local artifact store loses its files
+        bundles = [m.parent for m in (state.root / "mlartifacts").rglob("manifest.json") if m.parent.name == "bundle"]
+        shutil.rmtree(max(bundles, key=lambda b: b.stat().st_mtime))
+        result = promote(p, state.layout)
+        assert not result["moved"] and result["staging"] == staging_before
+        assert "challenger failed evaluation" in result["why"]
+        client = tracking.client(p)
+        assert client.get_model_version("digits-promote", v).tags["zooflow.eval_status"] == "failed"
+        with pytest.raises(UserError, match="failed evaluation"):
+            promote_version(p, "digits-promote", v, "staging")
