@@ -51,7 +51,10 @@ def meta_value(meta: Any, key: str, default: Any = None) -> Any:
 def to_nchw(images: np.ndarray | Tensor) -> Tensor:
     """uint8 NHWC (numpy, possibly memory-mapped) -> contiguous uint8 NCHW tensor."""
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # a read-only memory map: torch wants memory it may write
+            images = images.copy()
+        images = torch.from_numpy(images)
     if images.ndim == 3:  # N, H, W: one channel
         images = images.unsqueeze(-1)
     return images.permute(0, 3, 1, 2).contiguous()
@@ -130,19 +133,35 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
+def pad(x: Tensor, padding: int, mode: str = "zeros") -> Tensor:
+    """Pad the last two dims by `padding`: zeros, or mirrored ("reflect", any dtype, uint8 included)."""
+    if mode == "zeros":
+        return F.pad(x, (padding,) * 4)
+    h, w = x.shape[-2:]
+    if padding >= min(h, w):
+        raise ValueError(f"reflect padding {padding} needs images larger than {padding} pixels")
+    rows = _reflect_index(h, padding, x.device)
+    cols = _reflect_index(w, padding, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _reflect_index(n: int, padding: int, device) -> Tensor:
+    i = torch.arange(-padding, n + padding, device=device).abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
 def random_crop(x: Tensor, padding: int, g: torch.Generator, mode: str = "zeros") -> Tensor:
-    """Pad by `padding` and take a random crop of the original size, one offset per sample."""
+    """Pad by `padding` and take a random crop of the original size, one offset per sample.
+
+    The (2p+1)^2 candidate crops are a strided view of the padded batch (`unfold`, no copy); one
+    advanced index picks each sample's window. Works on uint8 as well as float."""
     if padding <= 0:
         return x
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else "reflect")
+    windows = pad(x, padding, mode).unfold(2, h, 1).unfold(3, w, 1)  # n, c, 2p+1, 2p+1, h, w
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
+    return windows.permute(0, 2, 3, 1, 4, 5)[torch.arange(n, device=x.device), dy, dx]
 
 
 def random_flip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
@@ -325,6 +344,8 @@ class BatchAugmenter:
         self.device = torch.device(device)
         self.mean = torch.tensor(stats.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(stats.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.scale = self.inv_std / 255.0  # uint8 -> normalised: x * scale + bias
+        self.bias = -self.mean * self.inv_std
         channels = len(stats.mean)
         if stats.eigval and len(stats.eigval) == channels:
             self.eigval = torch.tensor(stats.eigval, dtype=torch.float32, device=self.device)
@@ -340,22 +361,32 @@ class BatchAugmenter:
 
     def __call__(self, images: Tensor, labels: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         p = self.p
+        x = images
         if self._policy is not None:
-            images = self._apply_policy(images, g)
-        x = images.float() * (1 / 255.0)
-        if p.random_resized_crop is not None:
-            x = random_resized_crop(x, g, p.random_resized_crop, p.rrc_ratio)
-        if p.scale_jitter is not None:
-            x = scale_jitter(x, g, *p.scale_jitter)
+            x = self._apply_policy(x, g)
+        resample = p.random_resized_crop is not None or p.scale_jitter is not None
+        if resample:  # interpolation needs floats; otherwise crop and flip move uint8 bytes, 4x fewer
+            x = x.float() * (1 / 255.0)
+            if p.random_resized_crop is not None:
+                x = random_resized_crop(x, g, p.random_resized_crop, p.rrc_ratio)
+            if p.scale_jitter is not None:
+                x = scale_jitter(x, g, *p.scale_jitter)
         if p.crop_padding > 0:
             x = random_crop(x, p.crop_padding, g, p.padding_mode)
         if p.hflip:
             x = random_flip(x, g)
-        if p.brightness or p.contrast or p.saturation or p.hue:
-            x = color_jitter(x, g, p.brightness, p.contrast, p.saturation, p.hue)
-        if p.pca_lighting > 0:
-            x = pca_lighting(x, g, p.pca_lighting, self.eigval, self.eigvec)
-        x = (x - self.mean) * self.inv_std
+        if p.brightness or p.contrast or p.saturation or p.hue or p.pca_lighting > 0:
+            if not resample:
+                x = x.float() * (1 / 255.0)
+                resample = True
+            if p.brightness or p.contrast or p.saturation or p.hue:
+                x = color_jitter(x, g, p.brightness, p.contrast, p.saturation, p.hue)
+            if p.pca_lighting > 0:
+                x = pca_lighting(x, g, p.pca_lighting, self.eigval, self.eigvec)
+        if resample:  # already in [0, 1]
+            x = (x - self.mean) * self.inv_std
+        else:  # uint8 -> normalised float in one multiply-add
+            x = torch.addcmul(self.bias, x.float(), self.scale)
         if p.cutout > 0:
             x = cutout(x, g, p.cutout)
         if p.random_erasing > 0:

@@ -1,0 +1,322 @@
+"""Training throughput: zooflow's engine vs the usual DataLoader + PIL loop vs a bare loop.
+
+Same model, batch size, optimiser (SGD momentum), augmentation (random crop with 4-pixel zero
+padding, horizontal flip, normalise) and number of timed steps, in one process:
+
+- zooflow    `tasks.train.train` itself (uint8 split in device memory, `BatchAugmenter`), throughput
+             of its timed training steps as it reports them in history.json (val and checkpoint
+             writing are outside that timing);
+- reference  a torchvision `Dataset` of PIL images with `RandomCrop(32, padding=4)`,
+             `RandomHorizontalFlip()`, `ToTensor()`, `Normalize()` and a `DataLoader` with the
+             best `num_workers` of those tried;
+- bare       a plain loop over tensors augmented once in advance: the model's own cost, the
+             ceiling for any loader.
+
+The machine may be shared and noisy: the methods are interleaved in rounds (order rotated each
+round) and the ratios are of medians. Run:  python bench/train_speed.py --model lenet5 resnet20
+Data: CIFAR-10 from ../shared/datasets/cifar10-jpg.tar.gz when present (a subset is decoded),
+scikit-learn's digits (upscaled to 32x32) otherwise. Writes bench/results/train_speed-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402
+from tasks import augment as aug  # noqa: E402
+from tasks import train as tr  # noqa: E402
+from tasks.layout import Layout  # noqa: E402
+from tasks.params import Params  # noqa: E402
+
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+if not CIFAR.exists():
+    CIFAR = Path("/work/shared/datasets/cifar10-jpg.tar.gz")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class InMemory:
+    """A prepared dataset held in memory: what tasks.ingest.load_prepared returns, minus the files."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str], val: int = 256):
+        self.splits = {"train": (x[val:], y[val:]), "val": (x[:val], y[:val]), "test": (x[:val], y[:val])}
+        self.meta = {"classes": classes, "num_classes": len(classes), "image_size": x.shape[1], "channels": x.shape[3], "data_sha256": "bench"}
+
+    def split(self, name):
+        return self.splits[name]
+
+
+def load_cifar(limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Decode `limit` train images of the shared CIFAR-10 JPEG tarball (a class-balanced subset)."""
+    per_class = limit // 10
+    images, labels, classes = [], [], []
+    counts: dict[str, int] = {}
+    with tarfile.open(CIFAR) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] != "train":
+                continue
+            cls = parts[1]
+            if counts.get(cls, 0) >= per_class:
+                continue
+            if cls not in classes:
+                classes.append(cls)
+            counts[cls] = counts.get(cls, 0) + 1
+            with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            labels.append(cls)
+            if sum(counts.values()) >= per_class * 10:
+                break
+    classes = sorted(classes)
+    y = np.array([classes.index(c) for c in labels], np.int64)
+    x = np.stack(images)
+    order = np.random.default_rng(seed).permutation(len(y))
+    return x[order], y[order], classes, f"CIFAR-10 train subset ({len(y)} images)"
+
+
+def load_digits32() -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16 * 255).astype(np.uint8)
+    x = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in x])
+    x = np.repeat(x[..., None], 3, axis=3)
+    return x, d.target.astype(np.int64), [str(i) for i in range(10)], f"digits upscaled to 32x32 ({len(x)} images)"
+
+
+# --------------------------------------------------------------------------- the three loops
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def fresh_model(name, num_classes, channels):
+    torch.manual_seed(0)
+    return models.build(name, num_classes=num_classes, in_channels=channels, image_size=32)
+
+
+def step(model, opt, x, y):
+    out = model(x)
+    if isinstance(out, tuple):
+        out = out[0]
+    loss = nn.functional.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path) -> float:
+    """The real train stage: two epochs of `steps` steps; the second epoch's reported img/s."""
+    aug.prepared = lambda layout: data
+    params = Params.model_validate(
+        {
+            "device": "cpu",
+            "augment": {"crop_padding": 4, "hflip": True},
+            "train": {
+                "architectures": [arch],
+                "epochs": 2,
+                "batch_size": batch,
+                "max_steps_per_epoch": steps,
+                "resume": False,
+                "progress": "off",
+                "deterministic": False,
+                "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+                "schedule": {"name": "constant"},
+            },
+        }
+    )
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tr.train(params, Layout(Path(tmp)), arch)
+        history = json.loads((Path(tmp) / "outputs/train" / arch / "history.json").read_text())
+    return history[-1]["img_per_s"]
+
+
+class PILDataset(torch.utils.data.Dataset):
+    def __init__(self, images: list[Image.Image], labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def reference_loader(data: InMemory, batch: int, workers: int, stats: aug.Stats):
+    from torchvision import transforms
+
+    x, y = data.split("train")
+    pil = [Image.fromarray(im) for im in x]
+    t = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(stats.mean, stats.std),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        PILDataset(pil, y, t), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
+
+
+def run_reference(loader, arch, num_classes, channels, steps: int, warmup: int = 3) -> float:
+    model = fresh_model(arch, num_classes, channels).train()
+    opt = sgd(model)
+    it = iter(loader)
+
+    def next_batch():
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(loader)
+            return next(it)
+
+    for _ in range(warmup):
+        step(model, opt, *next_batch())
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(model, opt, *next_batch())
+    return steps * loader.batch_size / (time.perf_counter() - t0)
+
+
+def run_bare(pre: tuple[torch.Tensor, torch.Tensor], arch, num_classes, channels, batch: int, steps: int, warmup: int = 3) -> float:
+    x, y = pre
+    model = fresh_model(arch, num_classes, channels).train()
+    opt = sgd(model)
+    nb = len(y) // batch
+    for i in range(warmup):
+        step(model, opt, x[(i % nb) * batch : (i % nb + 1) * batch], y[(i % nb) * batch : (i % nb + 1) * batch])
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = i % nb
+        step(model, opt, x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch])
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def pre_augmented(data: InMemory, stats: aug.Stats, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = data.split("train")
+    a = aug.BatchAugmenter(Params().augment, stats, num_classes)
+    xb, _ = a(aug.to_nchw(x), torch.as_tensor(y), torch.Generator().manual_seed(0))
+    return xb.contiguous(), torch.as_tensor(y)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", nargs="+", default=["lenet5", "resnet20"])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="timed steps per model (default: lenet5 60, others 12)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=10000, help="CIFAR-10 images to decode")
+    ap.add_argument("--workers", type=int, nargs="+", default=None, help="reference num_workers to try (default 0..cores)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads for all three (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if CIFAR.exists():
+        x, y, classes, source = load_cifar(args.images)
+    else:
+        x, y, classes, source = load_digits32()
+    data = InMemory(x, y, classes)
+    stats = aug.compute_stats(data.split("train")[0])
+    num_classes, channels = len(classes), x.shape[3]
+    cores = os.cpu_count() or 1
+    worker_choices = args.workers if args.workers is not None else list(range(0, min(cores, 4) + 1))
+    pre = pre_augmented(data, stats, num_classes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"data: {source}; torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores, {platform.processor() or platform.machine()}")
+
+    results = []
+    for mi, arch in enumerate(args.model):
+        steps = (args.steps[mi] if args.steps and mi < len(args.steps) else None) or (60 if arch == "lenet5" else 12)
+        # Choose the reference's best num_workers once, on a short run.
+        loaders = {w: reference_loader(data, args.batch, w, stats) for w in worker_choices}
+        probe = {w: run_reference(loaders[w], arch, num_classes, channels, max(4, steps // 3), warmup=2) for w in worker_choices}
+        best_w = max(probe, key=probe.get)
+        for w, loader in loaders.items():
+            if w != best_w:
+                del loader
+        loaders = {best_w: loaders[best_w]}
+        print(f"{arch}: reference num_workers probe (img/s): " + ", ".join(f"{w}: {v:.0f}" for w, v in probe.items()) + f" -> {best_w}")
+        runs = {"zooflow": [], "reference": [], "bare": []}
+        order = ["zooflow", "reference", "bare"]
+        for r in range(args.rounds):
+            for name in order[r % 3 :] + order[: r % 3]:
+                if name == "zooflow":
+                    v = run_zooflow(data, arch, args.batch, steps, args.out)
+                elif name == "reference":
+                    v = run_reference(loaders[best_w], arch, num_classes, channels, steps)
+                else:
+                    v = run_bare(pre, arch, num_classes, channels, args.batch, steps)
+                runs[name].append(v)
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        row = {
+            "model": arch,
+            "batch": args.batch,
+            "steps": steps,
+            "rounds": args.rounds,
+            "reference_workers": best_w,
+            "img_per_s": med,
+            "runs": runs,
+            "zooflow_vs_reference": med["zooflow"] / med["reference"],
+            "zooflow_vs_bare": med["zooflow"] / med["bare"],
+            "round_ratios_vs_reference": [a / b for a, b in zip(runs["zooflow"], runs["reference"])],
+            "round_ratios_vs_bare": [a / b for a, b in zip(runs["zooflow"], runs["bare"])],
+        }
+        results.append(row)
+        del loaders
+
+    print()
+    print(f"| model | batch | steps x rounds | zooflow img/s | reference img/s (workers) | bare img/s | zooflow / reference | zooflow / bare |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        m = r["img_per_s"]
+        print(
+            f"| {r['model']} | {r['batch']} | {r['steps']} x {r['rounds']} | {m['zooflow']:.0f} | {m['reference']:.0f} ({r['reference_workers']}) "
+            f"| {m['bare']:.0f} | {r['zooflow_vs_reference']:.2f}x | {r['zooflow_vs_bare']:.2f}x |"
+        )
+    report = {
+        "data": source,
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cores": cores,
+        "load_average": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": results,
+    }
+    path = args.out / f"train_speed-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
