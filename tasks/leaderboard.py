@@ -56,13 +56,13 @@ def arch_row(layout: Layout, arch: str) -> dict[str, Any]:
         "val_acc": val.get("accuracy"), "test_acc": test.get("accuracy"),
         "val_nll": val.get("nll"), "val_ece": val.get("ece"),
         "params": metrics.get("params", train.get("params")), "flops": metrics.get("flops"),
-        "latency_ms": metrics.get("speed", {}).get("latency_ms"),
+        "latency_ms": _read(layout.eval(arch) / "speed.json").get("latency_ms"),
         "train_seconds": train.get("train_seconds"), "status": status,
     }
 
 
 def ensemble_row(params: Params, layout: Layout, rows: list[dict]) -> dict[str, Any] | None:
-    summary = _read(layout.ensemble / "ensemble.json")
+    summary = _read(layout.ensemble / "members.json")
     chosen = summary.get("chosen")
     if not chosen:
         return None
@@ -111,11 +111,13 @@ def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path |
     front = pareto_front(points, cost)
     ax.step([r[cost] for r in front], [r["val_acc"] for r in front], where="post", color="red",
             linewidth=1, label="Pareto front")
+    ax.scatter([r[cost] for r in front], [r["val_acc"] for r in front], s=140, facecolors="none",
+               edgecolors="red", linewidths=1.2)
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("val accuracy")
     ax.set_title(f"val accuracy vs {label}")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

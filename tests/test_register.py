@@ -48,7 +48,7 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
     assert mv.tags["zooflow.kind"] == summary["kind"] and mv.tags["zooflow.candidate"] == summary["candidate"]
     assert summary["candidate"] == best_candidate(candidates(state.params, state.layout))["name"]
     assert "zooflow.source_runs" in mv.tags and mv.tags["zooflow.git_commit"]
-    assert json.loads((state.layout.register / "registration.json").read_text())["version"] == summary["version"]
+    assert json.loads((state.layout.register / "registered.json").read_text())["version"] == summary["version"]
     assert len(mv.tags["zooflow.data_sha256"]) == 64
 
 
@@ -58,6 +58,9 @@ def test_registered_ensemble_loads_at_staging_in_a_fresh_process_and_takes_other
         ensemble(params, state.layout)
         summary = register(params, state.layout)
     assert summary["kind"] == "ensemble" and set(summary["members"]) <= {"knn", "linear"}
+    with chdir(state.root):
+        card = tracking.client(state.params).get_model_version("digits-register", summary["version"]).description
+    assert "gain over the best single member" in card and "soft voting: equal weights" in card
     # the served ensemble reproduces the ensemble stage's val accuracy from saved logits
     assert summary["served_val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
     with chdir(state.root):
