@@ -90,6 +90,15 @@ def test_idx_gz_and_plain(tmp_path):
     assert np.array_equal(test_images[0, :, :, 0], expected)
 
 
+def test_idx_class_names(tmp_path):
+    images, labels = idx_arrays(30, classes=3)
+    write_idx(tmp_path / "idx", "t10k", images, labels)
+    _, prepared = run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one, two]")
+    assert prepared.classes == ["zero", "one", "two"]
+    with pytest.raises(DataError, match="label 2 has no name"):
+        run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one]")
+
+
 def test_idx_single_pair_is_carved(tmp_path):
     images, labels = idx_arrays(50, classes=5)
     write_idx(tmp_path / "idx", "t10k", images, labels)
