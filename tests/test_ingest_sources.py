@@ -249,3 +249,12 @@ def test_exif_orientation_is_applied(tmp_path):
     upright = np.asarray(Image.open(io.BytesIO(buf.getvalue())).transpose(Image.Transpose.ROTATE_270)
                          .resize((40, 40), Image.Resampling.BICUBIC))
     assert np.abs(image.astype(int) - upright.astype(int)).mean() < 1.0
+
+
+def test_same_bytes_in_another_clone(tmp_path):
+    """A relative data.path resolves against the project: two clones prepare identical files."""
+    for clone in ("a", "b"):
+        write_tar(tmp_path / clone / "raw" / "ds.tar", tree_files(per_class=6))
+        run(tmp_path / clone, "data.source=archive", "data.path=raw/ds.tar")
+    assert prepared_bytes(tmp_path / "a") == prepared_bytes(tmp_path / "b")
+    assert load_prepared(tmp_path / "a" / "data" / "prepared").meta["source"]["path"] == "raw/ds.tar"
