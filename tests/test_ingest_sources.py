@@ -254,6 +254,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_same_bytes_in_another_clone(tmp_path):
     """A relative data.path resolves against the project: two clones prepare identical files."""
     for clone in ("a", "b"):
+        (tmp_path / clone / "raw").mkdir(parents=True)
         write_tar(tmp_path / clone / "raw" / "ds.tar", tree_files(per_class=6))
         run(tmp_path / clone, "data.source=archive", "data.path=raw/ds.tar")
     assert prepared_bytes(tmp_path / "a") == prepared_bytes(tmp_path / "b")
