@@ -25,9 +25,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
-if not DEFAULT_ARCHIVE.exists():
-    DEFAULT_ARCHIVE = Path("/work/shared/datasets/cifar10-jpg.tar.gz")
+# ../shared/datasets beside the project (or beside the folder of its worktree)
+DEFAULT_ARCHIVE = next((p for p in (ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz",
+                                    ROOT.parents[1] / "shared" / "datasets" / "cifar10-jpg.tar.gz") if p.exists()),
+                       ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz")
 
 
 class PeakMemory:

@@ -19,8 +19,11 @@ from tasks.params import load_params
 from imagetree import (idx_arrays, image_bytes, tree_files, write_cifar, write_idx, write_tar, write_tree,
                        write_zip)
 
-SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "datasets"
-SHARED = Path(os.environ.get("ZOOFLOW_DATASETS", SHARED if SHARED.exists() else "/work/shared/datasets"))
+ROOT = Path(__file__).resolve().parents[1]
+# the shared real datasets sit at ../shared/datasets beside the project (or beside its worktree folder)
+SHARED = next((p for p in [*([Path(os.environ["ZOOFLOW_DATASETS"])] if os.environ.get("ZOOFLOW_DATASETS") else []),
+                           ROOT.parent / "shared" / "datasets", ROOT.parents[1] / "shared" / "datasets"]
+               if p.is_dir()), ROOT.parent / "shared" / "datasets")
 
 
 def run(root: Path, *overrides: str) -> tuple[dict, object]:
