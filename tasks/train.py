@@ -122,13 +122,15 @@ class DeviceData:
             self.images = x
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The images (uint8 NCHW) and labels at `idx`, on the device."""
         if self.images is None:  # memory-mapped: read the rows in file order
-            idx = idx.sort().values
+            idx = idx.cpu().sort().values
             x = aug.to_nchw(np.asarray(self.mmap[idx.numpy()])).to(self.device, non_blocking=True)
         elif self.images.device == self.device:
-            x = self.images[idx.to(self.device)]
+            idx = idx.to(self.device)
+            x = self.images[idx]
         else:
-            x = self.images[idx].to(self.device, non_blocking=True)
+            x = self.images[idx.cpu()].to(self.device, non_blocking=True)
         return x, self.labels[idx.to(self.device)]
 
 
@@ -180,7 +182,7 @@ def evaluate(model: nn.Module, data: DeviceData, mean, std, batch_size: int, tp:
     correct = torch.zeros((), device=device, dtype=torch.int64)
     channels_last = tp.channels_last and device.type == "cuda"
     for start in range(0, data.n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, data.n))
+        idx = torch.arange(start, min(start + batch_size, data.n), device=device)
         xb, yb = data.batch(idx)
         x = aug.normalize(xb, mean, std)
         if channels_last:
@@ -461,7 +463,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         torch.manual_seed(es)  # dropout, stochastic depth: the global generator
         g_cpu = torch.Generator().manual_seed(es)
         g_dev = g_cpu if device.type == "cpu" else torch.Generator(device).manual_seed(es ^ 0x5EED)
-        perm = torch.randperm(n, generator=g_cpu)
+        perm = torch.randperm(n, generator=g_cpu).to(device)  # on the device: no copy per step
 
         model.train()
         progress.start(epoch, steps)
@@ -470,7 +472,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         lr = schedule.set_lr(optimizer, global_step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for i in range(steps):
             xb, yb = train_data.batch(perm[i * bs : (i + 1) * bs])
             x, targets = augmenter(xb, yb, g_dev)
@@ -494,7 +496,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
                 progress.step(1, **({"loss": f"{loss.item():.3f}"} if i % 10 == 0 else {}))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         seen = steps * bs
 
         selected = ema.module if ema is not None else model
@@ -508,6 +510,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
             "lr": lr,
             "img_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
         }
         if ema is not None:
             raw = evaluate(model, val_data, stats.mean, stats.std, eval_bs, tp, device)
