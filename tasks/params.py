@@ -159,7 +159,7 @@ class TrainParams(Section):
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without a better val accuracy; 0: off")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the steps of an epoch (smoke runs)")
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="autocast: auto is bf16 on CUDA, off elsewhere")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    channels_last: bool = Field(True, description="channels_last (NHWC) memory format for the model and batches, on CUDA and CPU")
     cudnn_benchmark: bool = Field(True, description="cudnn autotuning on CUDA (off when deterministic)")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager when it fails)")
     data_placement: Literal["auto", "device", "ram", "mmap"] = Field(
