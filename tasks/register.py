@@ -241,21 +241,36 @@ def _signature(example: np.ndarray, output):
     return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
 
 
+MODEL_CODE = '''"""zooflow's served model, logged as code (MLflow "models from code"): nothing is unpickled."""
+from mlflow.models import set_model
+
+from tasks.serving import ZooClassifier
+
+set_model(ZooClassifier())
+'''
+
+
 def log_pyfunc(params: Params, run_id: str, bundle: Path, example: np.ndarray):
-    """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo."""
+    """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo.
+
+    The model is logged as code (a three-line script that builds `ZooClassifier`), not pickled;
+    `tasks/serving.py` travels inside a `tasks` package so it imports as itself when loaded, and
+    `models/` beside it; the weights are state dicts read with `weights_only=True`.
+    """
     import mlflow
 
     model = ZooClassifier().load_bundle(bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        # `tasks.serving` must import as itself in the loading process: ship it inside a `tasks` package
         package = Path(tmp) / "tasks"
         package.mkdir()
         (package / "__init__.py").write_text('"""zooflow serving code shipped with the model."""\n')
         (package / "serving.py").write_text((PROJECT / "tasks" / "serving.py").read_text())
+        script = Path(tmp) / "zooflow_model.py"
+        script.write_text(MODEL_CODE)
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="model",
-                python_model=ZooClassifier(),
+                python_model=str(script),
                 artifacts={"bundle": str(bundle)},
                 code_paths=[str(PROJECT / "models"), str(package)],
                 signature=_signature(example, model.predict(None, example)),
