@@ -183,6 +183,24 @@ def history(
     typer.echo(format_history(alias_history(_params(params_file, overrides), name)))
 
 
+@app.command("params")
+def show_params(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+    reference: Annotated[bool, typer.Option("--reference", help="every key with its default, as Markdown")] = False,
+) -> None:
+    """The effective parameters (params.yaml + overrides, defaults filled in), as YAML."""
+    import yaml
+
+    from tasks.params import reference_markdown
+
+    if reference:
+        typer.echo(reference_markdown())
+        return
+    params = _params(params_file, overrides)
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
 @app.command()
 def zoo() -> None:
     """The architecture catalogue: family, year, params and FLOPs at 32×32 and 224×224, paper."""

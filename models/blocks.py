@@ -35,6 +35,8 @@ def require_size(name: str, image_size: int, allowed: tuple[int, ...]) -> None:
         raise ValueError(f"{name} is defined for {sizes} inputs, got image_size={image_size}")
 
 
+
+
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding, no bias (a BatchNorm follows)."""
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)

@@ -18,8 +18,9 @@ PAPER = "Huang et al., Deep Networks with Stochastic Depth (2016)"
 
 def _sd(depth: int) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, final_survival: float = 0.5,
-                widths: tuple[int, ...] | list[int] = (16, 32, 64)) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), final_survival=final_survival)
+                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), final_survival=final_survival,
+                           stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR ResNet-{depth} with stochastic depth, linear decay to p_L = 0.5."
     register("Stochastic depth", 2016, PAPER, scale="small", name=f"resnet{depth}_sd")(builder)

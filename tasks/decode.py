@@ -66,6 +66,17 @@ def _read(payload: Any) -> bytes | None:
     return payload
 
 
+_SIGNATURES = [(b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
+
+
+def _sniff(data: bytes) -> str | None:
+    """The image format a file claims by its first bytes, for a better message when PIL gives up."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+
+
 def _open(payload: Any, data: bytes | None) -> Image.Image:
     if data is None:
         return Image.fromarray(payload)
@@ -74,6 +85,9 @@ def _open(payload: Any, data: bytes | None) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
+        kind = _sniff(data)
+        if kind:
+            raise BadImage(f"corrupt or truncated {kind} image (unreadable header, {len(data)} bytes)") from None
         raise BadImage("not an image (format not recognised)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken headers
         raise BadImage(f"corrupt image header ({type(exc).__name__}: {exc})") from None

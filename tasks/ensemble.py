@@ -22,34 +22,18 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import UserError
-from tasks.evaluate import nll, scalars, classification_report, softmax
-from tasks.files import read_json, save_npy, write_json, atomic_dir
+from tasks.evaluate import classification_report, nll, scalars, softmax
+from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
+from tasks.serving import hard_vote, soft_vote, vote
+
+__all__ = ["ensemble", "ensemble_logits", "fit_weights", "greedy_selection", "hard_vote", "soft_vote", "vote"]
 
 METHODS = ("soft", "hard", "weighted", "greedy")
 
 
 # --------------------------------------------------------------------------- combining probabilities
-
-
-def soft_vote(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """probs: members x N x K. The (weighted) mean of the members' probabilities."""
-    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    return np.tensordot(w, probs, axes=1)
-
-
-def hard_vote(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Vote shares per class; a tie between classes goes to the higher mean probability."""
-    m, n, k = probs.shape
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    votes = np.zeros((n, k))
-    for wi, p in zip(w, probs):
-        votes[np.arange(n), p.argmax(1)] += wi
-    scores = votes + 1e-6 * soft_vote(probs, w)
-    return scores / scores.sum(1, keepdims=True)
 
 
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -117,10 +101,6 @@ def combine(method: str, val: np.ndarray, labels: np.ndarray, rounds: int) -> tu
         counts, trace = greedy_selection(val, labels, rounds)
         return counts / counts.sum(), "soft", {"counts": counts.tolist(), "trace": trace}
     raise ValueError(f"unknown ensemble method {method!r}")
-
-
-def vote(kind: str, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return hard_vote(probs, weights) if kind == "hard" else soft_vote(probs, weights)
 
 
 def ensemble_logits(members: list[str], val_logits: list[np.ndarray], test_logits: list[np.ndarray],

@@ -22,6 +22,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -76,7 +77,8 @@ class PreparedData:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.meta["splits"]:
             raise DataError(f"{self.path}: no split {name!r} (have {', '.join(self.meta['splits'])})")
-        images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
+        # copy-on-write: writable for consumers (torch.from_numpy), while the file itself never changes
+        images = np.load(self.path / f"{name}_images.npy", mmap_mode="c")
         labels = np.load(self.path / f"{name}_labels.npy")
         return images, labels
 
@@ -208,7 +210,8 @@ def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
         for batch in itertools.chain(head, items):
             yield aligned(batch, *decode_batch(payloads(batch), *args))
         return
-    with _pool(workers) as pool:  # leaving this block (also on error) terminates the workers
+    pool = _pool(workers)
+    try:
         pending: deque = deque()
         for batch in itertools.chain(head, items):
             pending.append((batch, pool.apply_async(decode_batch, (payloads(batch), *args))))
@@ -218,12 +221,25 @@ def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
         while pending:
             batch, result = pending.popleft()
             yield aligned(batch, *result.get())
+        pool.close()  # done: let the workers finish and exit
+    except BaseException:
+        pool.terminate()  # failed or abandoned: stop the workers at once
+        raise
+    finally:
+        pool.join()
 
 
 def _pool(workers: int):
     # fork is fast and the workers need nothing but numpy and PIL; elsewhere spawn is the safe choice
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return multiprocessing.get_context(method).Pool(workers, initializer=_worker_init)
+
+
+def _worker_init() -> None:
+    """Workers inherit the parent's signal handlers (Prefect's raise on SIGTERM): restore the defaults,
+    and leave Ctrl-C to the parent, which stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _cpu_count() -> int:

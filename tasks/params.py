@@ -344,3 +344,25 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             raise ParamsError(f"{path}: train.overrides.{arch}: not in train.architectures")
         params.train.for_arch(arch)
     return params
+
+
+def reference_rows(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every leaf key of the schema, in declaration order."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(reference_rows(annotation, f"{key}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        rows.append((key, shown, field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The params reference table of the README."""
+    lines = ["| key | default | what it does |", "| --- | --- | --- |"]
+    lines += [f"| `{key}` | `{default}` | {text} |" for key, default, text in reference_rows()]
+    return "\n".join(lines)

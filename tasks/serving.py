@@ -97,20 +97,32 @@ def build_member(member: dict[str, Any], bundle: Path) -> nn.Module:
     return load_weights(model, state).eval()
 
 
-# --------------------------------------------------------------------------- combining members
+# --------------------------------------------------------------------------- combining members (one place:
+# tasks.ensemble fits the weights with these, the served model applies them)
 
 
-def combine(probs: list[Tensor], weights: list[float], vote: str) -> Tensor:
-    """Members' probabilities -> the ensemble's: weighted soft vote, or hard (majority) vote."""
-    w = torch.tensor(weights, dtype=torch.float32)
+def soft_vote(probs: np.ndarray, weights: Any = None) -> np.ndarray:
+    """probs: members x N x K. The (weighted) mean of the members' probabilities."""
+    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w / w.sum(), probs, axes=1)
+
+
+def hard_vote(probs: np.ndarray, weights: Any = None) -> np.ndarray:
+    """Majority vote of the members' top-1 labels, as per-class vote shares; a tie between classes
+    goes to the one with the higher mean probability."""
+    m, n, k = probs.shape
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
-    if vote == "hard":
-        num_classes = probs[0].shape[1]
-        votes = sum(wi * F.one_hot(p.argmax(1), num_classes).float() for wi, p in zip(w, probs))
-        # ties between classes go to the one the members are more confident in
-        soft = sum(wi * p for wi, p in zip(w, probs))
-        return (votes + 1e-6 * soft) / (votes + 1e-6 * soft).sum(1, keepdim=True)
-    return sum(wi * p for wi, p in zip(w, probs))
+    votes = np.zeros((n, k))
+    for wi, p in zip(w, probs):
+        votes[np.arange(n), p.argmax(1)] += wi
+    scores = votes + 1e-6 * soft_vote(probs, w)
+    return scores / scores.sum(1, keepdims=True)
+
+
+def vote(kind: str, probs: np.ndarray, weights: Any = None) -> np.ndarray:
+    """Members' probabilities (members x N x K) -> the ensemble's, by `kind` "soft" or "hard" voting."""
+    return hard_vote(probs, weights) if kind == "hard" else soft_vote(probs, weights)
 
 
 class ZooClassifier(PythonModel):
@@ -134,9 +146,9 @@ class ZooClassifier(PythonModel):
         array = as_nhwc(images)
         for start in range(0, len(array), batch_size):
             x = preprocess(array[start : start + batch_size], m["image_size"], m["channels"], m["mean"], m["std"])
-            probs = [torch.softmax(model(x).float(), dim=1) for model in self.members]
+            probs = np.stack([torch.softmax(model(x).float(), dim=1).double().numpy() for model in self.members])
             weights = [member["weight"] for member in m["members"]]
-            out.append(combine(probs, weights, m.get("vote", "soft")).numpy())
+            out.append(vote(m.get("vote", "soft"), probs, weights))
         return np.concatenate(out) if out else np.zeros((0, len(m["classes"])), dtype=np.float32)
 
     def predict(self, context, model_input, params=None):

@@ -271,8 +271,10 @@ def resolve_tree(rows: list[Entry], dirs: list[str]) -> list[str]:
 
 def _unsafe(name: str) -> str | None:
     """Why an archive member name is refused: absolute paths and `..` could write outside a target."""
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or "\\" in name:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "unsafe path in archive (absolute): refused, nothing is extracted"
+    if "\\" in name:
+        return "unsafe path in archive (backslash separators): refused, nothing is extracted"
     if ".." in PurePosixPath(name).parts:
         return "unsafe path in archive (contains ..): refused, nothing is extracted"
     return None

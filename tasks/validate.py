@@ -120,6 +120,7 @@ def _int(value: Any) -> int | None:
 def expectations(params: Params, prepared: PreparedData) -> dict[str, list[tuple[str, Any]]]:
     """table name -> [(check name, GX expectation)]."""
     import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
 
     v = params.validate_
     size = params.data.image_size
@@ -139,11 +140,15 @@ def expectations(params: Params, prepared: PreparedData) -> dict[str, list[tuple
         ("shapes_and_dtypes", gxe.ExpectColumnValuesToBeBetween(column="mean", min_value=0, max_value=255)),
         ("no_test_leakage", gxe.ExpectColumnValuesToBeInSet(column="test_leak", value_set=[False])),
         ("no_train_val_overlap", gxe.ExpectColumnValuesToBeInSet(column="train_val_overlap", value_set=[False])),
-        ("duplicates_within_split", gxe.ExpectColumnValuesToBeInSet(
-            column="duplicate_in_split", value_set=[False], mostly=1.0 - v.max_duplicate_fraction)),
-        ("near_constant_images", gxe.ExpectColumnValuesToBeBetween(
-            column="std", min_value=v.constant_std, mostly=1.0 - v.max_constant_fraction)),
     ]
+    for split in SPLITS:  # fractions are per split
+        where = {"row_condition": Column("split") == split}
+        images += [
+            ("duplicates_within_split", gxe.ExpectColumnValuesToBeInSet(
+                column="duplicate_in_split", value_set=[False], mostly=1.0 - v.max_duplicate_fraction, **where)),
+            ("near_constant_images", gxe.ExpectColumnValuesToBeBetween(
+                column="std", min_value=v.constant_std, mostly=1.0 - v.max_constant_fraction, **where)),
+        ]
     counts = [
         ("min_per_class", gxe.ExpectColumnValuesToBeBetween(column="count", min_value=v.min_per_class)),
     ]

@@ -31,6 +31,11 @@ class State:
     prep: dict
     classes: list[str]
 
+    def with_params(self, *overrides: str) -> Params:
+        """These params (same MLflow store, same model name) with `overrides`."""
+        return make_params(self.root, "evaluate.tta=flip", f"register.model_name={self.params.register.model_name}",
+                           *overrides)
+
 
 @contextlib.contextmanager
 def chdir(path: Path):
@@ -94,3 +99,62 @@ def register_arch(state: State, arch: str = "linear", members: dict | None = Non
     with chdir(state.root):
         return register_candidate(params, state.layout, cand, bundle, data.classes, state.prep, lineage,
                                   train_info, np.asarray(images), np.asarray(labels))
+
+
+_SHARED: dict[str, State] = {}
+
+
+def shared_state(tmp_path_factory, model_name: str) -> State:
+    """One trained-and-evaluated state per test session (it takes the most time), with a model
+    name of the caller's own so that test modules do not see each other's registry moves."""
+    if "state" not in _SHARED:
+        _SHARED["state"] = pipeline_state(tmp_path_factory.mktemp("pipeline"), "evaluate.tta=flip")
+    base = _SHARED["state"]
+    params = make_params(base.root, "evaluate.tta=flip", f"register.model_name={model_name}")
+    return State(base.root, params, base.layout, base.modules, base.prep, base.classes)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def service(cmd: list[str], ready_url: str, cwd: Path, env: dict | None = None, timeout: float = 180):
+    """Start `cmd` (a server) in its own process group, wait until `ready_url` answers 200, stop it
+    by its PID's group afterwards. Its output goes to `cwd/<name>.log`, quoted when it fails."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    log_path = cwd / f"{Path(cmd[0]).name}-{cmd[1] if len(cmd) > 1 else ''}-{free_port()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd)} not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)

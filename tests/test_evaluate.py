@@ -78,10 +78,10 @@ def test_flops_of_a_linear_layer():
     assert count_flops(model, torch.zeros(4, 10)) == 2 * 10 * 3
 
 
-def test_evaluate_model_on_digits(tmp_path):
-    from registry_fixtures import pipeline_state
+def test_evaluate_on_digits(tmp_path_factory):
+    from registry_fixtures import shared_state
 
-    state = pipeline_state(tmp_path, "evaluate.tta=flip")
+    state = shared_state(tmp_path_factory, "digits-evaluate")
     out = state.layout.eval("linear")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] > 0.85 and metrics["test"]["accuracy"] > 0.85
@@ -102,3 +102,21 @@ def test_evaluate_model_on_digits(tmp_path):
     assert np.array(report["val"]["confusion"]).sum() == len(labels)
     knn = json.loads((state.layout.eval("knn") / "metrics.json").read_text())
     assert knn["test"]["accuracy"] > 0.9
+
+
+def test_evaluate_logs_to_the_arch_run(tmp_path_factory):
+    from registry_fixtures import chdir, shared_state
+    from tasks import tracking
+    from tasks.evaluate import evaluate
+
+    state = shared_state(tmp_path_factory, "digits-evaluate")
+    params = state.with_params("evaluate.measure_speed=false")
+    with chdir(state.root):
+        run_id = tracking.start_run(params, "linear-eval-test")
+        summary = evaluate(params, state.layout, "linear", run_id=run_id)
+        run = tracking.client(params).get_run(run_id)
+        artifacts = [a.path for a in tracking.client(params).list_artifacts(run_id, "eval")]
+    assert run.data.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"])
+    assert {"test_accuracy", "val_top5", "val_nll", "val_ece", "test_macro_f1", "params", "flops"} <= set(run.data.metrics)
+    assert "latency_ms" not in run.data.metrics  # speed off
+    assert {"eval/metrics.json", "eval/report.json", "eval/confusion_val.png", "eval/reliability_test.png"} <= set(artifacts)

@@ -52,6 +52,9 @@ def test_digits_contract(digits):
     json.dumps(summary)
     images, _ = prepared.split("train")
     assert images.max() == 255 and images.min() == 0
+    before = (layout.prepared / "train_images.npy").read_bytes()
+    images[0] = 7  # copy-on-write: the consumer may write, the prepared file stays as it was
+    assert (layout.prepared / "train_images.npy").read_bytes() == before
     assert len(prepared.manifest) == 1797 and {r["outcome"] for r in prepared.manifest} == {"ok"}
     assert not list(layout.prepared.glob(".*")), "no scratch files left behind"
 

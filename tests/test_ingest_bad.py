@@ -168,14 +168,16 @@ def test_symlink_outside_root(tmp_path):
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_archive_path_traversal(tmp_path, kind):
     files = {f"ds/{k}": v for k, v in GOOD.items()}
-    evil = {"../../x.png": image_bytes(1), "/tmp/abs-zooflow-test.png": image_bytes(2), "ds/cat/../../../y.png": b"y"}
+    evil = {"../../x.png": image_bytes(1), "/tmp/abs-zooflow-test.png": image_bytes(2), "ds/cat/../../../y.png": b"y",
+            "..\\..\\win.png": image_bytes(3)}
     archive = tmp_path / f"a.{kind}"
     write_zip(archive, files | evil) if kind == "zip" else write_tar(archive, files | evil, "w:gz")
     project, layout = setup_project(tmp_path)
     before = snapshot(tmp_path)
     summary = ingest(params("data.source=archive", f"data.path={archive}"), layout)
-    assert summary["bad_files"] == 3 and sum(summary["counts"].values()) == 15
+    assert summary["bad_files"] == 4 and sum(summary["counts"].values()) == 15
     reasons = " | ".join(summary["quarantined"])
+    assert "win.png: unsafe path in archive (backslash separators)" in reasons
     assert "../../x.png: unsafe path in archive (contains ..)" in reasons
     assert "/tmp/abs-zooflow-test.png: unsafe path in archive (absolute)" in reasons
     after = snapshot(tmp_path)
@@ -294,8 +296,14 @@ def test_truncated_idx(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["folder", "csv"])
-def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
+def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, capfd, source):
     import multiprocessing
+    import signal
+
+    def like_prefect(signum, frame):  # Prefect's flow engine raises on SIGTERM; workers must not inherit it
+        raise RuntimeError("SIGTERM reached a handler")
+
+    previous = signal.signal(signal.SIGTERM, like_prefect)
 
     import tasks.sources
 
@@ -309,5 +317,18 @@ def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
     with pytest.raises(DataError, match=r"dog/zz-empty.png: empty file"):
         ingest(params(f"data.source={source}", f"data.path={path}", "data.on_bad_file=fail", "data.workers=2"),
                layout)
+    signal.signal(signal.SIGTERM, previous)
     assert multiprocessing.active_children() == []
+    assert "Traceback" not in capfd.readouterr().err
     assert_untouched(tmp_path, before, layout)
+
+
+def test_messages_tell_truncated_from_not_an_image():
+    from tasks.decode import BadImage, decode_one
+
+    for data, reason in [(image_bytes(1)[:40], "corrupt or truncated PNG image"),
+                         (image_bytes(1, fmt="JPEG")[:20], "corrupt or truncated JPEG image"),
+                         (b"GIF89a\x00", "corrupt or truncated GIF image"),
+                         (b"%PDF-1.4 not a picture", "not an image")]:
+        with pytest.raises(BadImage, match=reason):
+            decode_one(data, 8, 3, 10**6)

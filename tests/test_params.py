@@ -57,3 +57,17 @@ def test_per_architecture_override_is_validated(project):
 def test_override_without_equals_is_refused(project):
     with pytest.raises(ParamsError, match="key.path=value"):
         load_params("params.yaml", ["train.epochs"])
+
+
+def test_every_section_dvc_tracks_is_in_params_yaml(project):
+    """DVC refuses a stage whose params section is missing from params.yaml."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        for key in (stage.get("do") or stage).get("params", []):
+            node = params
+            for part in key.split("."):
+                assert part in node, f"dvc.yaml stage {name} tracks {key}, absent from params.yaml"
+                node = node[part]

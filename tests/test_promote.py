@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_fixtures import chdir, make_params, pipeline_state, register_arch
+from registry_fixtures import chdir, register_arch, shared_state
 from tasks import tracking
 from tasks.errors import UserError
 from tasks.files import read_json
@@ -22,7 +22,7 @@ def test_gate_rules():
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
-    return pipeline_state(tmp_path_factory.mktemp("promote"))
+    return shared_state(tmp_path_factory, "digits-promote")
 
 
 def test_gate_moves_keeps_and_audits(state):
@@ -41,7 +41,7 @@ def test_gate_moves_keeps_and_audits(state):
         assert second["metrics"]["delta"] == 0
 
         v3 = register_arch(state, better)["version"]
-        strict = promote(make_params(state.root, "register.min_delta=0.5"), layout)
+        strict = promote(state.with_params("register.min_delta=0.5"), layout)
         assert not strict["moved"] and "at least 0.5" in strict["why"]
         third = promote(p, layout)
         assert third["moved"] and third["staging"] == v3 and third["previous"] == v1
@@ -49,12 +49,12 @@ def test_gate_moves_keeps_and_audits(state):
         assert third["metrics"]["staging_val_accuracy"] == pytest.approx(acc[worse])
 
         client = tracking.client(p)
-        assert str(client.get_model_version_by_alias("digits-test", "staging").version) == v3
-        assert client.get_model_version("digits-test", v3).tags["zooflow.staging.since"]
-        assert client.get_model_version("digits-test", v1).tags["zooflow.staging.until"]
-        assert client.get_model_version("digits-test", v2).tags["zooflow.gate.staging"].startswith("keep")
+        assert str(client.get_model_version_by_alias("digits-promote", "staging").version) == v3
+        assert client.get_model_version("digits-promote", v3).tags["zooflow.staging.since"]
+        assert client.get_model_version("digits-promote", v1).tags["zooflow.staging.until"]
+        assert client.get_model_version("digits-promote", v2).tags["zooflow.gate.staging"].startswith("keep")
 
-        history = alias_history(p, "digits-test")
+        history = alias_history(p, "digits-promote")
     assert [(e["action"], e.get("from"), e["to"]) for e in history] == [
         ("move", None, v1), ("keep", v1, v1), ("keep", v1, v1), ("move", v1, v3)]
     for e in history:
@@ -69,20 +69,39 @@ def test_manual_promotion_refuses_bad_versions(state):
     with chdir(state.root):
         v = register_arch(state, "knn")["version"]
         with pytest.raises(UserError, match="no version 999"):
-            promote_version(p, "digits-test", 999, "production")
+            promote_version(p, "digits-promote", 999, "production")
         with pytest.raises(UserError, match="no registered model"):
             promote_version(p, "nope", 1, "production")
         with pytest.raises(UserError, match="allowed: staging, production"):
-            promote_version(p, "digits-test", v, "prod")
+            promote_version(p, "digits-promote", v, "prod")
         client = tracking.client(p)
-        client.set_model_version_tag("digits-test", v, "zooflow.eval_status", "failed")
+        client.set_model_version_tag("digits-promote", v, "zooflow.eval_status", "failed")
         with pytest.raises(UserError, match="failed evaluation"):
-            promote_version(p, "digits-test", v, "production")
-        client.set_model_version_tag("digits-test", v, "zooflow.eval_status", "passed")
-        moved = promote_version(p, "digits-test", v, "production")
+            promote_version(p, "digits-promote", v, "production")
+        client.set_model_version_tag("digits-promote", v, "zooflow.eval_status", "passed")
+        moved = promote_version(p, "digits-promote", v, "production")
         assert moved["moved"] and moved["previous"] is None
-        again = promote_version(p, "digits-test", v, "production")
+        again = promote_version(p, "digits-promote", v, "production")
         assert not again["moved"]
-        assert str(client.get_model_version_by_alias("digits-test", "production").version) == v
-        history = [e for e in alias_history(p, "digits-test") if e["alias"] == "production"]
+        assert str(client.get_model_version_by_alias("digits-promote", "production").version) == v
+        history = [e for e in alias_history(p, "digits-promote") if e["alias"] == "production"]
     assert [e["action"] for e in history] == ["move", "keep"] and "manual" in history[0]["why"]
+
+
+def test_a_challenger_that_fails_evaluation_is_kept_out_and_cannot_be_promoted(state):
+    import shutil
+
+    p = state.params
+    with chdir(state.root):
+        staging_before = promote(p, state.layout)["staging"]  # whatever the earlier tests left
+        v = register_arch(state, "linear")["version"]
+        # break the stored model: the newest bundle in the local artifact store loses its files
+        bundles = [m.parent for m in (state.root / "mlartifacts").rglob("manifest.json") if m.parent.name == "bundle"]
+        shutil.rmtree(max(bundles, key=lambda b: b.stat().st_mtime))
+        result = promote(p, state.layout)
+        assert not result["moved"] and result["staging"] == staging_before
+        assert "challenger failed evaluation" in result["why"]
+        client = tracking.client(p)
+        assert client.get_model_version("digits-promote", v).tags["zooflow.eval_status"] == "failed"
+        with pytest.raises(UserError, match="failed evaluation"):
+            promote_version(p, "digits-promote", v, "staging")

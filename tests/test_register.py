@@ -10,21 +10,22 @@ import textwrap
 import numpy as np
 import pytest
 
-from registry_fixtures import chdir, make_params, pipeline_state
+from registry_fixtures import chdir, shared_state
 from tasks import tracking
 from tasks.ingest import load_prepared
 from tasks.ensemble import ensemble
+from tasks.promote import promote_version
 from tasks.register import best_candidate, candidates, register
 
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
-    return pipeline_state(tmp_path_factory.mktemp("register"))
+    return shared_state(tmp_path_factory, "digits-register")
 
 
 def test_best_candidate_is_chosen_on_val(state):
     cands = candidates(state.params, state.layout)
-    assert {c["name"] for c in cands} == {"knn", "linear"}
+    assert {c["name"] for c in cands if c["kind"] == "single"} == {"knn", "linear"}
     best = best_candidate(cands)
     assert best["val"]["accuracy"] == max(c["val"]["accuracy"] for c in cands)
     fake = [{"kind": "single", "name": "a", "val": {"accuracy": 0.9, "nll": 0.3}, "test": {"accuracy": 0.99}},
@@ -41,22 +42,26 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
     assert summary["eval_status"] == "passed"
     with chdir(state.root):
         client = tracking.client(state.params)
-        mv = client.get_model_version_by_alias("digits-test", "challenger")
+        mv = client.get_model_version_by_alias("digits-register", "challenger")
     assert str(mv.version) == summary["version"]
     assert "## Metrics" in mv.description and "data sha256" in mv.description and "git commit" in mv.description
-    assert mv.tags["zooflow.kind"] == "single" and mv.tags["zooflow.candidate"] == summary["candidate"]
+    assert mv.tags["zooflow.kind"] == summary["kind"] and mv.tags["zooflow.candidate"] == summary["candidate"]
     assert summary["candidate"] == best_candidate(candidates(state.params, state.layout))["name"]
     assert "zooflow.source_runs" in mv.tags and mv.tags["zooflow.git_commit"]
     assert json.loads((state.layout.register / "registration.json").read_text())["version"] == summary["version"]
     assert len(mv.tags["zooflow.data_sha256"]) == 64
 
 
-def test_registered_ensemble_loads_in_a_fresh_process_and_takes_other_sizes(state):
+def test_registered_ensemble_loads_at_staging_in_a_fresh_process_and_takes_other_sizes(state):
     with chdir(state.root):
-        params = make_params(state.root, "ensemble.method=soft", "register.candidates=ensemble")
+        params = state.with_params("ensemble.method=soft", "register.candidates=ensemble")
         ensemble(params, state.layout)
         summary = register(params, state.layout)
     assert summary["kind"] == "ensemble" and set(summary["members"]) <= {"knn", "linear"}
+    # the served ensemble reproduces the ensemble stage's val accuracy from saved logits
+    assert summary["served_val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    with chdir(state.root):
+        promote_version(state.params, "digits-register", summary["version"], "staging")
     data = load_prepared(state.layout.prepared)
     images, labels = data.split("test")
     np.save(state.root / "test_images.npy", np.asarray(images[:60]))
@@ -64,7 +69,7 @@ def test_registered_ensemble_loads_in_a_fresh_process_and_takes_other_sizes(stat
         import json, sys, numpy as np, mlflow, torch
         import torch.nn.functional as F
         mlflow.set_tracking_uri({tracking.tracking_uri(state.params)!r})
-        model = mlflow.pyfunc.load_model("models:/digits-test/{summary['version']}")
+        model = mlflow.pyfunc.load_model("models:/digits-register@staging")
         x = np.load("test_images.npy")
         # raw images of another size and with 3 channels: 24 x 24 RGB
         big = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=(24, 24), mode="bilinear")

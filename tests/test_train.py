@@ -190,3 +190,23 @@ def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
 def test_pick_device():
     assert tr.pick_device("cpu").type == "cpu"
     assert tr.pick_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_memory_mapped_placement_and_log_lines(tmp_path, data, capsys):
+    summary = tr.train(make_params(epochs=2, data_placement="mmap", progress="log"), Layout(tmp_path), "test_tiny")
+    assert summary["epochs_run"] == 2
+    err = capsys.readouterr().err
+    assert err.count("[train test_tiny] epoch") == 2 and "val_acc" in err and "img/s" in err
+
+
+def test_progress_bar_mode(tmp_path, data, capsys):
+    tr.train(make_params(epochs=1, progress="bar"), Layout(tmp_path), "test_tiny")
+    err = capsys.readouterr().err
+    assert "test_tiny 1/1" in err  # the tqdm bar's description
+
+
+def test_unknown_device_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="cuda"):
+        tr.pick_device("cuda")

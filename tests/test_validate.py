@@ -73,8 +73,8 @@ def test_warning_level_check_passes_with_warning(prepared, tmp_path):
     assert summary["success"] and summary["warnings"] == 1 and summary["warning_checks"] == ["near_constant_images"]
     result = report(prepared)
     assert result["success"] and not result["all_expectations_met"] and result["warnings"] == ["near_constant_images"]
-    [record] = [r for r in result["expectations"] if r["check"] == "near_constant_images"]
-    assert record["severity"] == "warning" and not record["success"]
+    [record] = [r for r in result["expectations"] if r["check"] == "near_constant_images" and not r["success"]]
+    assert record["severity"] == "warning"
     assert record["first_offending"][0]["split"] == "train"
 
 
@@ -105,3 +105,31 @@ def test_unknown_check_name_is_a_params_error(tmp_path):
 def test_missing_prepared_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="zooflow ingest"):
         validate(params_for(tmp_path), Layout(tmp_path))
+
+
+def test_leak_between_source_splits_is_caught_end_to_end(tmp_path):
+    """The same picture under train/ and test/ of a folder tree: ingest keeps both, validation stops."""
+    from imagetree import tree_files, write_tree
+
+    files = tree_files(per_class=12, splits=("train",)) | tree_files(per_class=6, splits=("test",), seed=1)
+    files["test/dog/copied.png"] = files["train/cat/cat003.png"]
+    write_tree(tmp_path / "src", files)
+    layout = Layout(tmp_path / "project")
+    p = load_params(tmp_path / "none.yaml", ["data.source=folder", f"data.path={tmp_path / 'src'}",
+                                            "data.image_size=8", "validate.min_per_class=1"])
+    ingest(p, layout)
+    with pytest.raises(DataError) as err:
+        validate(p, layout)
+    message = str(err.value)
+    assert "no_test_leakage" in message
+    assert "path=test/dog/copied.png" in message and "path=train/cat/cat003.png" in message
+
+
+def test_duplicates_within_split(prepared, tmp_path):
+    train = np.load(prepared.prepared / "train_images.npy")
+    for i in range(1, 20):  # 19 of ~360 train images: over 5 % of the split
+        overwrite(prepared, "train", i, train[0])
+    with pytest.raises(DataError, match="duplicates_within_split"):
+        validate(params_for(tmp_path), prepared)
+    summary = validate(params_for(tmp_path, "validate.max_duplicate_fraction=0.5"), prepared)
+    assert summary["success"] and summary["warnings"] == 0
