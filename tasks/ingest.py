@@ -9,8 +9,19 @@ How it runs:
    in batches (`tasks.decode`), and the good images stream into one scratch file;
 2. labels and splits are settled (paths of a folder tree, a stratified carve with a fixed seed);
 3. one sequential pass over the scratch file writes the split files.
-Memory holds a few batches of pixels at a time, whatever the dataset's size. Everything is written
-inside a temporary folder that replaces `data/prepared/` only when complete.
+Memory holds a few batches of pixels at a time, whatever the dataset's size (plus one small
+manifest entry per source file). Everything is written inside a temporary folder that replaces
+`data/prepared/` only when complete.
+
+Bad input: a file that cannot be used (corrupt, truncated, empty, not an image, over
+`data.max_image_pixels`, a symlink or archive member leaving the dataset, a label naming no class,
+an empty class) is quarantined under `data.on_bad_file: skip` (listed in manifest.csv and the
+summary) or stops the run under `fail`; either way the message names the file and the reason, and
+a stop is a `DataError` (exit code 2). Junk (.DS_Store, __MACOSX/, hidden files) is ignored and
+listed, never an error. A dataset with fewer than two classes is always an error.
+
+Hashes: a split's sha256 covers its image bytes then its int64 label bytes (C order); `data_sha256`
+covers the classes, the image shape and every split's hash.
 """
 
 from __future__ import annotations

@@ -107,8 +107,8 @@ def open_source(data: DataParams, root: Path) -> Source:
         return folder_source(path)
     if kind == "archive":
         return archive_source(path)
-    if kind == "idx":
-        return idx_source(path)
+    if kind == "idx":  # IDX labels are numbers: data.classes names them in order
+        return idx_source(path, classes=data.classes)
     if kind == "csv":
         return csv_source(path)
     raise DataError(f"data.source={kind}: unknown source")  # pragma: no cover - params forbids it

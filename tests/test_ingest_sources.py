@@ -90,6 +90,15 @@ def test_idx_gz_and_plain(tmp_path):
     assert np.array_equal(test_images[0, :, :, 0], expected)
 
 
+def test_idx_class_names(tmp_path):
+    images, labels = idx_arrays(30, classes=3)
+    write_idx(tmp_path / "idx", "t10k", images, labels)
+    _, prepared = run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one, two]")
+    assert prepared.classes == ["zero", "one", "two"]
+    with pytest.raises(DataError, match="label 2 has no name"):
+        run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one]")
+
+
 def test_idx_single_pair_is_carved(tmp_path):
     images, labels = idx_arrays(50, classes=5)
     write_idx(tmp_path / "idx", "t10k", images, labels)
@@ -224,3 +233,19 @@ def test_limit_per_class(tmp_path):
 def test_real_mnist_idx(tmp_path):
     summary, prepared = run(tmp_path, "data.source=idx", f"data.path={SHARED / 'mnist-t10k'}", "data.image_size=28")
     assert sum(summary["counts"].values()) == 10_000 and prepared.num_classes == 10 and prepared.channels == 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from tasks.decode import decode_one
+
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8))  # 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    wide.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    image, info = decode_one(buf.getvalue(), 40, 3, 10**6)
+    assert (info["width"], info["height"]) == (40, 20)
+    upright = np.asarray(Image.open(io.BytesIO(buf.getvalue())).transpose(Image.Transpose.ROTATE_270)
+                         .resize((40, 40), Image.Resampling.BICUBIC))
+    assert np.abs(image.astype(int) - upright.astype(int)).mean() < 1.0
