@@ -111,11 +111,13 @@ def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path |
     front = pareto_front(points, cost)
     ax.step([r[cost] for r in front], [r["val_acc"] for r in front], where="post", color="red",
             linewidth=1, label="Pareto front")
+    ax.scatter([r[cost] for r in front], [r["val_acc"] for r in front], s=140, facecolors="none",
+               edgecolors="red", linewidths=1.2)
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("val accuracy")
     ax.set_title(f"val accuracy vs {label}")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

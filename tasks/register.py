@@ -112,7 +112,9 @@ def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
         chosen = read_json(ens)["chosen"]
         if len(chosen["weights"]) > 1:
             out.append({"kind": "ensemble", "name": f"ensemble:{chosen['method']}", "members": chosen["weights"],
-                        "vote": chosen["vote"], "val": chosen["val"], "test": chosen["test"]})
+                        "vote": chosen["vote"], "val": chosen["val"], "test": chosen["test"],
+                        "gain_val_accuracy": chosen["gain_val_accuracy"],
+                        "gain_test_accuracy": chosen["gain_test_accuracy"]})
     return out
 
 
@@ -197,7 +199,13 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
                      f"trained {t.get('train_seconds', 0):.1f} s on {t.get('device', '?')}, "
                      f"best epoch {t.get('best_epoch', '-')}")
     if cand["kind"] == "ensemble":
-        lines.append(f"- combined by {cand['vote']} voting ({cand['name'].split(':', 1)[1]}), weights fitted on val")
+        method = cand["name"].split(":", 1)[1]
+        how = {"soft": "equal weights", "hard": "majority of top-1 labels", "weighted": "weights fitted on val (NLL)",
+               "greedy": "greedy forward selection with replacement on val (Caruana et al. 2004)"}.get(method, method)
+        lines.append(f"- combined by {cand['vote']} voting: {how}")
+        if "gain_val_accuracy" in cand:
+            lines.append(f"- gain over the best single member: val {100 * cand['gain_val_accuracy']:+.2f} pts, "
+                         f"test {100 * cand['gain_test_accuracy']:+.2f} pts")
     v, t = cand["val"], cand["test"]
     lines += ["", "## Metrics", "", "| split | top-1 | top-5 | NLL | ECE |", "| --- | --- | --- | --- | --- |",
               f"| val | {_pct(v.get('accuracy'))} | {_pct(v.get('top5'))} | {v.get('nll', 0):.4f} | {v.get('ece', 0):.4f} |",
@@ -206,8 +214,15 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
     lines += ["## Data", "", f"- data sha256: `{lineage['data_sha256']}`", f"- classes: {lineage['classes']}",
               f"- input: uint8 images N x H x W x C of any size, resized to {lineage['image_size']} px, "
               f"{lineage['channels']} channel(s)", ""]
+    tp = params.train
+    opt = tp.optimizer
     lines += ["## Training", "", f"- total train time: {lineage['train_seconds']:.1f} s",
-              f"- params: `{params.section('train')}`", ""]
+              f"- seed {params.seed}; {tp.epochs} epochs, batch {tp.batch_size}; {opt.name} lr {opt.lr}, "
+              f"momentum {opt.momentum}, weight decay {opt.weight_decay}; schedule {tp.schedule.name}; "
+              f"label smoothing {tp.label_smoothing}",
+              f"- augmentation: `{params.section('augment')}`",
+              f"- per-architecture overrides: `{tp.overrides}`" if tp.overrides else "- no per-architecture overrides",
+              ""]
     lines += ["## Lineage", "", f"- git commit: `{lineage['git_commit']}`",
               f"- registered: {lineage['registered_at']}",
               f"- MLflow runs: {', '.join(f'{a}={r}' for a, r in lineage['runs'].items()) or '-'}", ""]

@@ -58,6 +58,9 @@ def test_registered_ensemble_loads_at_staging_in_a_fresh_process_and_takes_other
         ensemble(params, state.layout)
         summary = register(params, state.layout)
     assert summary["kind"] == "ensemble" and set(summary["members"]) <= {"knn", "linear"}
+    with chdir(state.root):
+        card = tracking.client(state.params).get_model_version("digits-register", summary["version"]).description
+    assert "gain over the best single member" in card and "soft voting: equal weights" in card
     # the served ensemble reproduces the ensemble stage's val accuracy from saved logits
     assert summary["served_val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
     with chdir(state.root):
