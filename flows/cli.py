@@ -81,13 +81,38 @@ def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides 
 
 
 @app.command()
-def train(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def train(
+    arch: Arch,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) for one model: DDP via torchrun")] = 1,
+) -> None:
     """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
-    from tasks.train import train_task
+    from tasks import distributed
+    from tasks.train import train, train_task
 
     params, layout = _params(params_file, overrides), _layout()
     _check_arch(params, arch)
-    _echo(train_task.fn(params, layout, arch))
+    if nproc > 1 and not distributed.launched():
+        import models
+
+        if models.available()[arch].trained_by == "fit":
+            raise UserError(f"--nproc: {arch} is fitted in one pass, not trained with SGD; run it without --nproc")
+        argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)]
+        for override in overrides or []:
+            argv += ["--set", override]
+        code = distributed.launch(nproc, argv)
+        if code:
+            raise typer.Exit(code)
+        return
+    try:
+        if os.environ.get("RANK", "0") == "0":  # the only process, or DDP's rank 0: the MLflow run
+            summary = train_task.fn(params, layout, arch)
+            _echo({**summary, "world_size": distributed.world_size()})
+        else:
+            train(params, layout, arch)
+    finally:
+        distributed.shutdown()
 
 
 @app.command()

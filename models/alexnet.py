@@ -49,14 +49,12 @@ class AlexNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
-        # He initialisation instead of the paper's N(0, 0.01) + unit biases: the same network, but it
-        # trains from scratch without the paper's hand-tuned learning-rate schedule.
+        # He initialisation (fan-in, so the signal keeps its scale through the ReLUs without BN)
+        # instead of the paper's N(0, 0.01) with unit biases: the same network, but it trains from
+        # scratch without the paper's hand-tuned learning-rate schedule.
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -66,17 +64,18 @@ class AlexNet(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
-def small_alexnet_kwargs() -> dict:
+def small_alexnet_kwargs(stem_stride: int = 1) -> dict:
     """CIFAR-style stem: a 5x5 stride-1 first conv (an 11x11 stride-4 one would leave 7x7 pixels),
     the rest unchanged; three overlapping pools take 32x32 down to 3x3."""
-    return dict(conv1=(5, 1, 2), pool_to=3)
+    return dict(conv1=(5, stem_stride, 2), pool_to=3 if stem_stride == 1 else 1)
 
 
 @register("AlexNet", 2012, PAPER, scale="any")
 def alexnet(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-            groups: int = 1, width: float = 1.0, hidden: int = 4096, dropout: float = 0.5) -> nn.Module:
+            groups: int = 1, width: float = 1.0, hidden: int = 4096, dropout: float = 0.5,
+            stem_stride: int = 1) -> nn.Module:
     """One tower by default (62,378,344 params); groups=2 is the paper's two-GPU net (60,965,224)."""
-    extra = small_alexnet_kwargs() if is_small(image_size, variant) else {}
+    extra = small_alexnet_kwargs(stem_stride) if is_small(image_size, variant) else {}
     return AlexNet(num_classes, in_channels, groups, width=width, hidden=hidden, dropout=dropout, **extra)
 
 

@@ -5,7 +5,6 @@ Anything two families need lives here, so no family copies another's code.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +32,8 @@ def require_size(name: str, image_size: int, allowed: tuple[int, ...]) -> None:
     if image_size not in allowed:
         sizes = ", ".join(f"{s}x{s}" for s in allowed)
         raise ValueError(f"{name} is defined for {sizes} inputs, got image_size={image_size}")
+
+
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:

@@ -28,7 +28,7 @@ def flops(model: nn.Module, in_channels: int, image_size: int) -> int:
 
 
 def catalogue(image_sizes: tuple[int, ...] = (32, 224), num_classes: int = 1000, in_channels: int = 3,
-              small_num_classes: int = 10) -> list[dict]:
+              small_num_classes: int = 10, names: list[str] | None = None) -> list[dict]:
     """One dict per registered name: name, family, year, paper, scale, params, flops_<size>.
 
     Parameters are counted at the variant's design scale (ImageNet, 1000 classes, if it has one;
@@ -36,7 +36,8 @@ def catalogue(image_sizes: tuple[int, ...] = (32, 224), num_classes: int = 1000,
     trained by fitting (kNN, Bayes) have no trainable parameters and data-dependent FLOPs (None).
     """
     rows = []
-    for name, info in sorted(available().items(), key=lambda kv: (kv[1].year, kv[1].family, kv[0])):
+    infos = {k: v for k, v in available().items() if names is None or k in names}
+    for name, info in sorted(infos.items(), key=lambda kv: (kv[1].year, kv[1].family, kv[0])):
         defined = SIZES_BY_SCALE[info.scale]
         row: dict = dict(name=name, family=info.family, year=info.year, paper=info.paper, scale=info.scale)
         design = 224 if 224 in defined else 32

@@ -56,9 +56,9 @@ def make_last_stage_deformable(stage: nn.Sequential) -> nn.Sequential:
 
 @register("Deformable ConvNets", 2017, PAPER, scale="small")
 def deform_resnet20(num_classes: int, in_channels: int = 3, image_size: int = 32,
-                    widths: tuple[int, ...] | list[int] = (16, 32, 64)) -> nn.Module:
+                    widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
     """CIFAR ResNet-20 (option A) with deformable 3x3 convs in its last stage (64 filters, 8x8)."""
-    model = CifarResNet(20, num_classes, in_channels, widths=tuple(widths))
+    model = CifarResNet(20, num_classes, in_channels, widths=tuple(widths), stem_stride=stem_stride)
     make_last_stage_deformable(model.layer3)
     return model
 

@@ -19,28 +19,29 @@ from models.registry import register
 PAPER = "Huang et al., Densely Connected Convolutional Networks (2017)"
 
 
-def cifar_stem(model: DenseNet, in_channels: int) -> DenseNet:
+def cifar_stem(model: DenseNet, in_channels: int, stride: int = 1) -> DenseNet:
     """3x3 stride-1 conv, and no BN-ReLU-pool after it: the first dense layer pre-activates."""
     f = model.features
-    f.conv0 = replace_first_conv(f.conv0, in_channels, kernel_size=3, stride=1, padding=1)
+    f.conv0 = replace_first_conv(f.conv0, in_channels, kernel_size=3, stride=stride, padding=1)
     f.norm0, f.relu0, f.pool0 = nn.Identity(), nn.Identity(), nn.Identity()
     nn.init.kaiming_normal_(f.conv0.weight)
     return model
 
 
-def densenet_bc(depth: int, k: int, num_classes: int, in_channels: int, drop_rate: float = 0.0) -> DenseNet:
+def densenet_bc(depth: int, k: int, num_classes: int, in_channels: int, drop_rate: float = 0.0,
+                stem_stride: int = 1) -> DenseNet:
     if (depth - 4) % 6:
         raise ValueError(f"DenseNet-BC depth must be 6n+4 (40, 100, 190, 250), got {depth}")
     n = (depth - 4) // 6  # layers per block: (depth - 4) / 3 conv pairs, two convs each
     model = DenseNet(growth_rate=k, block_config=(n, n, n), num_init_features=2 * k, bn_size=4,
                      drop_rate=drop_rate, num_classes=num_classes)
-    return cifar_stem(model, in_channels)
+    return cifar_stem(model, in_channels, stem_stride)
 
 
 def _cifar(depth: int, k: int) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = depth, k: int = k,
-                drop_rate: float = 0.0) -> nn.Module:
-        return densenet_bc(depth, k, num_classes, in_channels, drop_rate)
+                drop_rate: float = 0.0, stem_stride: int = 1) -> nn.Module:
+        return densenet_bc(depth, k, num_classes, in_channels, drop_rate, stem_stride)
 
     builder.__doc__ = f"CIFAR DenseNet-BC (L={depth}, k={k}), Table 2."
     register("DenseNet", 2017, PAPER, scale="small", name=f"densenet_bc_{depth}_{k}")(builder)

@@ -28,6 +28,17 @@ C3_TABLE: tuple[tuple[int, ...], ...] = (
 )
 
 
+def initial_bound(fan_in: int) -> float:
+    """Weights start uniform in +-bound.
+
+    Appendix A draws them in +-2.4/F_i (F_i the fan-in) to keep the sums in the tanh's linear
+    range. Read literally that starves the deep layers (C5: F_i = 400, sums ~1 % of the range) and
+    plain SGD stalls at chance; +-2.4/sqrt(F_i) is the variance ~1/F_i rule of LeCun et al.'s
+    "Efficient BackProp" (1998), the paper's intent.
+    """
+    return 2.4 / fan_in**0.5
+
+
 class ScaledTanh(nn.Module):
     """f(a) = A tanh(S a) with A = 1.7159, S = 2/3 (Appendix A): f(+-1) = +-1, max gain near the origin."""
 
@@ -41,7 +52,8 @@ class Subsampling(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.coefficient = nn.Parameter(torch.ones(channels))
+        # Starts at 1/4: the 2x2 sum begins as an average.
+        self.coefficient = nn.Parameter(torch.full((channels,), 0.25))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,6 +77,16 @@ class C3Convolution(nn.Module):
         self.register_buffer("in_index", torch.tensor(ins), persistent=False)
         self.weight = nn.Parameter(torch.empty(len(ins), kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(len(table)))
+        self.table = table
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        start = 0
+        for j, inputs in enumerate(self.table):  # map j's kernels are rows start .. start+len(inputs)
+            bound = initial_bound(len(inputs) * self.shape[-1] * self.shape[-2])
+            nn.init.uniform_(self.weight[start : start + len(inputs)], -bound, bound)
+            nn.init.uniform_(self.bias[j : j + 1], -bound, bound)
+            start += len(inputs)
 
     def dense_weight(self) -> Tensor:
         w = self.weight.new_zeros(self.shape)
@@ -107,26 +129,12 @@ class LeNet5(nn.Module):
         )
         self.f6 = nn.Sequential(nn.Linear(120, 84), squash())
         self.output = EuclideanRBF(84, num_classes) if output == "rbf" else nn.Linear(84, num_classes)
-        self._init_weights()
 
-    def _init_weights(self) -> None:
-        # Appendix A: weights uniform in +-2.4/F_i, F_i the fan-in, keeping the sums in the tanh's
-        # linear range. (Subsampling coefficients start at 1/4 x 4 inputs = an average.)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                nn.init.uniform_(m.weight, -2.4 / fan_in, 2.4 / fan_in)
-                nn.init.uniform_(m.bias, -2.4 / fan_in, 2.4 / fan_in)
-            elif isinstance(m, C3Convolution):
-                start = 0
-                for j, ins in enumerate(C3_TABLE):  # the kernels of map j are rows start..start+len(ins)
-                    bound = 2.4 / (len(ins) * 25)
-                    nn.init.uniform_(m.weight[start : start + len(ins)], -bound, bound)
-                    nn.init.uniform_(m.bias[j : j + 1], -bound, bound)
-                    start += len(ins)
-            elif isinstance(m, Subsampling):
-                nn.init.constant_(m.coefficient, 0.25)
-                nn.init.zeros_(m.bias)
+                bound = initial_bound(m.weight[0].numel())
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.uniform_(m.bias, -bound, bound)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.f6(self.features(x).flatten(1))

@@ -33,10 +33,10 @@ class DepthwiseSeparableConv(nn.Sequential):
 
 class MobileNetV1(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, alpha: float = 1.0, small: bool = False,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, stem_stride: int | None = None) -> None:
         super().__init__()
         c = max(8, int(32 * alpha))
-        layers: list[nn.Module] = [Conv2dNormActivation(in_channels, c, 3, 1 if small else 2)]
+        layers: list[nn.Module] = [Conv2dNormActivation(in_channels, c, 3, stem_stride or (1 if small else 2))]
         for out, stride in LAYERS:
             out = max(8, int(out * alpha))
             layers.append(DepthwiseSeparableConv(c, out, stride))
@@ -59,6 +59,7 @@ class MobileNetV1(nn.Module):
 
 @register("MobileNet v1", 2017, PAPER, scale="any")
 def mobilenet_v1(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-                 alpha: float = 1.0, dropout: float = 0.0) -> nn.Module:
+                 alpha: float = 1.0, dropout: float = 0.0, stem_stride: int | None = None) -> nn.Module:
     """1.0-MobileNet-224: 4.2 M parameters (Table 8); `alpha` in {1, 0.75, 0.5, 0.25}."""
-    return MobileNetV1(num_classes, in_channels, alpha, small=is_small(image_size, variant), dropout=dropout)
+    return MobileNetV1(num_classes, in_channels, alpha, small=is_small(image_size, variant), dropout=dropout,
+                       stem_stride=stem_stride)

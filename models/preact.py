@@ -72,15 +72,16 @@ class PreActResNet(nn.Module):
     """Stem -> stages of pre-activation blocks -> BN-ReLU -> global pool -> fc.
 
     `stem`: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv + 3x3/2 max pool, as ResNet).
-    `block_kwargs` go to every block (WRN's dropout).
+    `block_kwargs` go to every block (WRN's dropout). `stem_stride` strides the CIFAR stem.
     """
 
     def __init__(self, block: type[nn.Module], layers: Sequence[int], widths: Sequence[int], num_classes: int,
-                 in_channels: int = 3, stem: str = "cifar", stem_width: int | None = None, **block_kwargs) -> None:
+                 in_channels: int = 3, stem: str = "cifar", stem_width: int | None = None, stem_stride: int = 1,
+                 **block_kwargs) -> None:
         super().__init__()
         stem_width = stem_width or widths[0]
         if stem == "cifar":
-            self.stem = conv3x3(in_channels, stem_width)
+            self.stem = conv3x3(in_channels, stem_width, stem_stride)
         else:
             # the first block pre-activates, so the stem is conv (+BN-ReLU before pooling, as ResNet)
             self.stem = nn.Sequential(
@@ -108,16 +109,17 @@ class PreActResNet(nn.Module):
 
 @register("Pre-activation ResNet", 2016, PAPER, scale="any")
 def preact_resnet18(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-                    width: float = 1.0) -> nn.Module:
+                    width: float = 1.0, stem_stride: int = 1) -> nn.Module:
     widths = [int(w * width) for w in (64, 128, 256, 512)]
     stem = "cifar" if is_small(image_size, variant) else "imagenet"
-    return PreActResNet(PreActBlock, [2, 2, 2, 2], widths, num_classes, in_channels, stem=stem)
+    return PreActResNet(PreActBlock, [2, 2, 2, 2], widths, num_classes, in_channels, stem=stem, stem_stride=stem_stride)
 
 
 def _cifar_bottleneck(depth: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, stem_stride: int = 1) -> nn.Module:
         n = (depth - 2) // 9  # 9n+2 layers: three stages of n three-layer bottlenecks
-        return PreActResNet(PreActBottleneck, [n, n, n], [16, 32, 64], num_classes, in_channels, stem="cifar")
+        return PreActResNet(PreActBottleneck, [n, n, n], [16, 32, 64], num_classes, in_channels, stem="cifar",
+                            stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR PreAct-ResNet-{depth}: bottlenecks 16-32-64 (x4 out), Table 3."
     register("Pre-activation ResNet", 2016, PAPER, scale="small", name=f"preact_resnet{depth}")(builder)

@@ -69,19 +69,21 @@ class CifarResNet(nn.Module):
     """conv3x3(16) -> 3 stages of n blocks at 32x32, 16x16, 8x8 with 16, 32, 64 filters -> global
     average pool -> fc. Depth 6n+2.
 
+    `widths` thins or widens the stages. `stem_stride=2` halves the resolution in the stem
+    (for small images upsampled to 32x32, e.g. the embedded 8x8 digits: a quarter of the compute).
     `final_survival` < 1 turns on stochastic depth with the linear decay rule p_l = 1 - l/L (1 - p_L)
     over the L residual blocks.
     """
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
                  block: Callable[..., nn.Module] = BasicBlock, widths: Sequence[int] = (16, 32, 64),
-                 shortcut: str | None = "A", final_survival: float = 1.0) -> None:
+                 shortcut: str | None = "A", final_survival: float = 1.0, stem_stride: int = 1) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         total = 3 * n
-        self.conv1 = conv3x3(in_channels, widths[0])
+        self.conv1 = conv3x3(in_channels, widths[0], stem_stride)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages, in_planes, index = [], widths[0], 0
         for stage, planes in enumerate(widths):
@@ -144,8 +146,9 @@ def _cifar(depth: int, plain: bool) -> None:
     name = f"{'plain' if plain else 'resnet'}{depth}"
 
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
-                widths: Sequence[int] = (16, 32, 64)) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), shortcut=None if plain else "A")
+                widths: Sequence[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
+        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), shortcut=None if plain else "A",
+                           stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR {name} (Sec. 4.2, n={(depth - 2) // 6}){', no shortcuts' if plain else ', option A'}."
     register("ResNet", 2015, PAPER, scale="small", name=name)(builder)

@@ -21,13 +21,14 @@ PAPER = "Xie et al., Aggregated Residual Transformations for Deep Neural Network
 
 class CifarResNeXt(nn.Module):
     def __init__(self, cardinality: int, base_width: int, num_classes: int, in_channels: int = 3,
-                 depth: int = 29, stem_width: int = 64) -> None:
+                 depth: int = 29, stem_width: int = 64, widths: tuple[int, ...] = (64, 128, 256),
+                 stem_stride: int = 1) -> None:
         super().__init__()
         n = (depth - 2) // 9
-        self.conv1 = conv3x3(in_channels, stem_width)
+        self.conv1 = conv3x3(in_channels, stem_width, stem_stride)
         self.bn1 = nn.BatchNorm2d(stem_width)
         stages, in_planes = [], stem_width
-        for i, planes in enumerate((64, 128, 256)):
+        for i, planes in enumerate(widths):
             blocks = []
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -54,8 +55,11 @@ class CifarResNeXt(nn.Module):
 
 def _cifar(cardinality: int, width: int) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, cardinality: int = cardinality,
-                base_width: int = width, stem_width: int = 64) -> nn.Module:
-        return CifarResNeXt(cardinality, base_width, num_classes, in_channels, stem_width=stem_width)
+                base_width: int = width, stem_width: int = 64,
+                widths: tuple[int, ...] | list[int] = (64, 128, 256), stem_stride: int = 1) -> nn.Module:
+        """`widths`: the stages' bottleneck planes (outputs are 4x); smaller for small data."""
+        return CifarResNeXt(cardinality, base_width, num_classes, in_channels, stem_width=stem_width,
+                            widths=tuple(widths), stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR ResNeXt-29 ({cardinality}x{width}d)."
     register("ResNeXt", 2017, PAPER, scale="small", name=f"resnext29_{cardinality}x{width}d")(builder)

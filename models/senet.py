@@ -46,9 +46,11 @@ class SEBottleneck(Bottleneck):
 
 
 def _cifar(depth: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
+                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
         # Projection (option B) shortcuts where the shape changes, as the common reimplementation.
-        return CifarResNet(depth, num_classes, in_channels, block=SEBasicBlock, shortcut="B")
+        return CifarResNet(depth, num_classes, in_channels, block=SEBasicBlock, widths=tuple(widths), shortcut="B",
+                           stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR SE-ResNet-{depth}: ResNet-{depth} with SE (r=16) in every block."
     register("SENet", 2017, PAPER, scale="small", name=f"se_resnet{depth}")(builder)

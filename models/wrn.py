@@ -17,18 +17,18 @@ from models.resnet import imagenet_resnet
 PAPER = "Zagoruyko & Komodakis, Wide Residual Networks (2016)"
 
 
-def wide_resnet(depth: int, k: int, num_classes: int, in_channels: int, dropout: float) -> nn.Module:
+def wide_resnet(depth: int, k: int, num_classes: int, in_channels: int, dropout: float, stem_stride: int = 1) -> nn.Module:
     if (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n+4 (16, 22, 28, 40, ...), got {depth}")
     n = (depth - 4) // 6
     return PreActResNet(PreActBlock, [n, n, n], [16 * k, 32 * k, 64 * k], num_classes, in_channels,
-                        stem="cifar", stem_width=16, dropout=dropout)
+                        stem="cifar", stem_width=16, stem_stride=stem_stride, dropout=dropout)
 
 
 def _wrn(depth: int, k: int, dropout: float) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = dropout,
-                depth: int = depth, k: int = k) -> nn.Module:
-        return wide_resnet(depth, k, num_classes, in_channels, dropout)
+                depth: int = depth, k: int = k, stem_stride: int = 1) -> nn.Module:
+        return wide_resnet(depth, k, num_classes, in_channels, dropout, stem_stride)
 
     builder.__doc__ = f"WRN-{depth}-{k}, dropout {dropout} between the convs of each block."
     register("Wide ResNet", 2016, PAPER, scale="small", name=f"wrn{depth}_{k}")(builder)

@@ -15,11 +15,11 @@ PAPER = "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks (
 
 @register("ZFNet", 2013, PAPER, scale="any")
 def zfnet(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-          width: float = 1.0, hidden: int = 4096, dropout: float = 0.5) -> nn.Module:
+          width: float = 1.0, hidden: int = 4096, dropout: float = 0.5, stem_stride: int = 1) -> nn.Module:
     """224x224: conv1 7x7/2 -> 110, pool -> 55, conv2 5x5/2 -> 26, pool -> 13, ..., pool -> 6 (Fig. 3).
     Small inputs: 3x3/1 conv1 and 5x5/1 conv2 with the same pools (32 -> 15 -> 7 -> 3)."""
     if is_small(image_size, variant):
-        stem = dict(conv1=(3, 1, 1), conv2=(5, 1, 2), pool_to=3)
+        stem = dict(conv1=(3, stem_stride, 1), conv2=(5, 1, 2), pool_to=3 if stem_stride == 1 else 1)
     else:
         stem = dict(conv1=(7, 2, 1), conv2=(5, 2, 0), pool_to=6, ceil_pool=True)  # 55, 13, 6 as in Fig. 3
     return AlexNet(num_classes, in_channels, groups=1, width=width, hidden=hidden, dropout=dropout, **stem)

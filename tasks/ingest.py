@@ -9,8 +9,19 @@ How it runs:
    in batches (`tasks.decode`), and the good images stream into one scratch file;
 2. labels and splits are settled (paths of a folder tree, a stratified carve with a fixed seed);
 3. one sequential pass over the scratch file writes the split files.
-Memory holds a few batches of pixels at a time, whatever the dataset's size. Everything is written
-inside a temporary folder that replaces `data/prepared/` only when complete.
+Memory holds a few batches of pixels at a time, whatever the dataset's size (plus one small
+manifest entry per source file). Everything is written inside a temporary folder that replaces
+`data/prepared/` only when complete.
+
+Bad input: a file that cannot be used (corrupt, truncated, empty, not an image, over
+`data.max_image_pixels`, a symlink or archive member leaving the dataset, a label naming no class,
+an empty class) is quarantined under `data.on_bad_file: skip` (listed in manifest.csv and the
+summary) or stops the run under `fail`; either way the message names the file and the reason, and
+a stop is a `DataError` (exit code 2). Junk (.DS_Store, __MACOSX/, hidden files) is ignored and
+listed, never an error. A dataset with fewer than two classes is always an error.
+
+Hashes: a split's sha256 covers its image bytes then its int64 label bytes (C order); `data_sha256`
+covers the classes, the image shape and every split's hash.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -209,7 +221,8 @@ def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
         for batch in itertools.chain(head, items):
             yield aligned(batch, *decode_batch(payloads(batch), *args))
         return
-    with _pool(workers) as pool:  # leaving this block (also on error) terminates the workers
+    pool = _pool(workers)
+    try:
         pending: deque = deque()
         for batch in itertools.chain(head, items):
             pending.append((batch, pool.apply_async(decode_batch, (payloads(batch), *args))))
@@ -219,12 +232,25 @@ def _decoded_from(items, data: DataParams, args: tuple, payloads, aligned):
         while pending:
             batch, result = pending.popleft()
             yield aligned(batch, *result.get())
+        pool.close()  # done: let the workers finish and exit
+    except BaseException:
+        pool.terminate()  # failed or abandoned: stop the workers at once
+        raise
+    finally:
+        pool.join()
 
 
 def _pool(workers: int):
     # fork is fast and the workers need nothing but numpy and PIL; elsewhere spawn is the safe choice
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return multiprocessing.get_context(method).Pool(workers, initializer=_worker_init)
+
+
+def _worker_init() -> None:
+    """Workers inherit the parent's signal handlers (Prefect's raise on SIGTERM): restore the defaults,
+    and leave Ctrl-C to the parent, which stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _cpu_count() -> int:

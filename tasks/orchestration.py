@@ -6,6 +6,7 @@ Stage modules wrap their plain functions as bare Prefect tasks; the policies a u
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import Task
@@ -64,8 +65,18 @@ def task_runner(params: Params) -> Any:
         if orch.dask_address:
             return DaskTaskRunner(address=orch.dask_address)
         # One architecture per single-threaded worker process; torch would oversubscribe otherwise.
+        # With GPUs: one worker per GPU (at most max_workers), each pinned to its own by tasks.dask_worker.
+        import torch
+
+        gpus = torch.cuda.device_count()
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": orch.max_workers, "threads_per_worker": 1, "processes": True}
+            cluster_kwargs={
+                "n_workers": min(orch.max_workers, gpus) if gpus else orch.max_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                # A file path, not a module name: importable whatever the worker's sys.path.
+                "preload": [str(Path(__file__).with_name("dask_worker.py"))],
+            }
         )
     workers = orch.max_workers if orch.task_runner == "threads" else 1
     return ThreadPoolTaskRunner(max_workers=workers)

@@ -64,7 +64,11 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
         artifacts = {a["key"]: a for a in api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})}
         assert {"leaderboard", "validation-summary", "mlflow-runs"} <= set(artifacts)
 
-        logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        # Training runs in the `train-zoo` subflow; its per-epoch lines are Prefect logs there.
+        subflows = api(env, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}})
+        assert [f["name"] for f in subflows] and all(f["state_type"] == "COMPLETED" for f in subflows)
+        ids = [run_id, *(f["id"] for f in subflows)]
+        logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}, "limit": 200})
         assert any("[train lenet5] epoch 1/1" in log["message"] for log in logs)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

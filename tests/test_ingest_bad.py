@@ -296,8 +296,14 @@ def test_truncated_idx(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["folder", "csv"])
-def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
+def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, capfd, source):
     import multiprocessing
+    import signal
+
+    def like_prefect(signum, frame):  # Prefect's flow engine raises on SIGTERM; workers must not inherit it
+        raise RuntimeError("SIGTERM reached a handler")
+
+    previous = signal.signal(signal.SIGTERM, like_prefect)
 
     import tasks.sources
 
@@ -311,7 +317,9 @@ def test_failure_in_parallel_stops_workers(tmp_path, monkeypatch, source):
     with pytest.raises(DataError, match=r"dog/zz-empty.png: empty file"):
         ingest(params(f"data.source={source}", f"data.path={path}", "data.on_bad_file=fail", "data.workers=2"),
                layout)
+    signal.signal(signal.SIGTERM, previous)
     assert multiprocessing.active_children() == []
+    assert "Traceback" not in capfd.readouterr().err
     assert_untouched(tmp_path, before, layout)
 
 

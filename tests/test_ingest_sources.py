@@ -19,8 +19,11 @@ from tasks.params import load_params
 from imagetree import (idx_arrays, image_bytes, tree_files, write_cifar, write_idx, write_tar, write_tree,
                        write_zip)
 
-SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "datasets"
-SHARED = Path(os.environ.get("ZOOFLOW_DATASETS", SHARED if SHARED.exists() else "/work/shared/datasets"))
+ROOT = Path(__file__).resolve().parents[1]
+# the shared real datasets sit at ../shared/datasets beside the project (or beside its worktree folder)
+SHARED = next((p for p in [*([Path(os.environ["ZOOFLOW_DATASETS"])] if os.environ.get("ZOOFLOW_DATASETS") else []),
+                           ROOT.parent / "shared" / "datasets", ROOT.parents[1] / "shared" / "datasets"]
+               if p.is_dir()), ROOT.parent / "shared" / "datasets")
 
 
 def run(root: Path, *overrides: str) -> tuple[dict, object]:
@@ -88,6 +91,15 @@ def test_idx_gz_and_plain(tmp_path):
     assert test_labels.tolist() == labels[20:].tolist()
     expected = np.asarray(Image.fromarray(images[20]).resize((8, 8), Image.Resampling.BICUBIC))
     assert np.array_equal(test_images[0, :, :, 0], expected)
+
+
+def test_idx_class_names(tmp_path):
+    images, labels = idx_arrays(30, classes=3)
+    write_idx(tmp_path / "idx", "t10k", images, labels)
+    _, prepared = run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one, two]")
+    assert prepared.classes == ["zero", "one", "two"]
+    with pytest.raises(DataError, match="label 2 has no name"):
+        run(tmp_path, "data.source=idx", "data.path=idx", "data.classes=[zero, one]")
 
 
 def test_idx_single_pair_is_carved(tmp_path):
@@ -224,3 +236,29 @@ def test_limit_per_class(tmp_path):
 def test_real_mnist_idx(tmp_path):
     summary, prepared = run(tmp_path, "data.source=idx", f"data.path={SHARED / 'mnist-t10k'}", "data.image_size=28")
     assert sum(summary["counts"].values()) == 10_000 and prepared.num_classes == 10 and prepared.channels == 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from tasks.decode import decode_one
+
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8))  # 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    wide.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    image, info = decode_one(buf.getvalue(), 40, 3, 10**6)
+    assert (info["width"], info["height"]) == (40, 20)
+    upright = np.asarray(Image.open(io.BytesIO(buf.getvalue())).transpose(Image.Transpose.ROTATE_270)
+                         .resize((40, 40), Image.Resampling.BICUBIC))
+    assert np.abs(image.astype(int) - upright.astype(int)).mean() < 1.0
+
+
+def test_same_bytes_in_another_clone(tmp_path):
+    """A relative data.path resolves against the project: two clones prepare identical files."""
+    for clone in ("a", "b"):
+        (tmp_path / clone / "raw").mkdir(parents=True)
+        write_tar(tmp_path / clone / "raw" / "ds.tar", tree_files(per_class=6))
+        run(tmp_path / clone, "data.source=archive", "data.path=raw/ds.tar")
+    assert prepared_bytes(tmp_path / "a") == prepared_bytes(tmp_path / "b")
+    assert load_prepared(tmp_path / "a" / "data" / "prepared").meta["source"]["path"] == "raw/ds.tar"

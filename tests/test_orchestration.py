@@ -161,20 +161,52 @@ def test_dask_runner_gives_the_sequential_leaderboard(project, prefect_harness, 
     archs = ["train.architectures=[knn, lenet5]", "orchestration.cache=false"]
     state, _ = run_pipeline(archs)
     assert state.is_completed()
-    sequential = {r["arch"]: r for r in state.result()["leaderboard"] if r["kind"] == "single"}
+    sequential = {r["arch"]: r for r in state.result()["leaderboard"] if r["arch"] in ("knn", "lenet5")}
 
     shutil.rmtree(project / "outputs")
     state, states = run_pipeline(archs + ["orchestration.task_runner=dask", "orchestration.max_workers=2"])
     assert state.is_completed(), state.message
     assert states["train-lenet5"] == states["train-knn"] == "Completed"
-    dask = {r["arch"]: r for r in state.result()["leaderboard"] if r["kind"] == "single"}
+    dask = {r["arch"]: r for r in state.result()["leaderboard"] if r["arch"] in ("knn", "lenet5")}
 
     assert set(dask) == set(sequential) == {"knn", "lenet5"}
     for arch in sequential:
         assert dask[arch]["val_acc"] == sequential[arch]["val_acc"], arch
         assert dask[arch]["test_acc"] == sequential[arch]["test_acc"], arch
+        assert dask[arch]["val_nll"] == pytest.approx(sequential[arch]["val_nll"], rel=1e-6), arch  # same weights
     # The workers wrote into the project (absolute Layout) and logged to the same MLflow store.
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("zooflow").experiment_id], "tags.`zooflow.arch` = 'lenet5'"
     )
     assert len(runs) == 2
+
+
+# --------------------------------------------------------------------------- observability
+
+
+def test_mlflow_runs_artifact_links_into_an_mlflow_server(project, prefect_harness, monkeypatch):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks import orchestration, tracking
+    from tasks.files import write_json
+
+    monkeypatch.setattr(tracking, "tracking_uri", lambda params: "https://mlflow.example.org/")
+    monkeypatch.setattr(tracking, "experiment_id", lambda params: "7")
+    params = load_params("params.yaml", ["train.architectures=[knn, lenet5]"])
+    write_json(project / "outputs" / "runs" / "knn.json", {"run_id": "knnrun", "parent_run_id": "parent"})
+
+    @flow
+    def publish():
+        return orchestration.mlflow_runs_artifact(params, Layout(), "parent")
+
+    state = publish(return_state=True)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    # Prefect stores a link artifact as markdown: [text](link).
+    assert "](https://mlflow.example.org/#/experiments/7/runs/parent)" in by_key["mlflow-parent-run"].data
+    table = by_key["mlflow-runs"].data
+    assert "[knnrun](https://mlflow.example.org/#/experiments/7/runs/knnrun)" in table
+    assert "| lenet5 | — |" in table  # not trained (yet): no run

@@ -190,3 +190,43 @@ def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
 def test_pick_device():
     assert tr.pick_device("cpu").type == "cpu"
     assert tr.pick_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_memory_mapped_placement_and_log_lines(tmp_path, data, capsys):
+    summary = tr.train(make_params(epochs=2, data_placement="mmap", progress="log"), Layout(tmp_path), "test_tiny")
+    assert summary["epochs_run"] == 2
+    err = capsys.readouterr().err
+    assert err.count("[train test_tiny] epoch") == 2 and "val_acc" in err and "img/s" in err
+
+
+def test_progress_bar_mode(tmp_path, data, capsys):
+    tr.train(make_params(epochs=1, progress="bar"), Layout(tmp_path), "test_tiny")
+    err = capsys.readouterr().err
+    assert "test_tiny 1/1" in err  # the tqdm bar's description
+
+
+def test_unknown_device_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="cuda"):
+        tr.pick_device("cuda")
+
+
+@pytest.mark.parametrize("arch", ["knn", "lenet5"])
+def test_real_zoo_architectures_train_and_reload(tmp_path, monkeypatch, arch):
+    """The registry's own models through the engine: the fit path and a plain CNN. (GoogLeNet's
+    (logits, aux2, aux1) contract is covered by TinyAux: the real one costs a minute on 2 cores.)"""
+    if arch not in models.available():
+        pytest.skip(f"{arch} not in this zoo")
+    d = make_data(n_train=24, n_val=8, size=32, channels=1 if arch == "lenet5" else 3)
+    monkeypatch.setattr(aug, "prepared", lambda layout: d)
+    options = {"googlenet": {"variant": "imagenet"}}.get(arch, {})
+    params = make_params(arch, epochs=1, batch_size=8, max_steps_per_epoch=1, model_options={arch: options})
+    layout = Layout(tmp_path)
+    summary = tr.train(params, layout, arch)
+    assert summary["best_epoch"] == 0
+    model = tr.load_trained(params, layout, arch)
+    x = aug.normalize(aug.to_nchw(d.split("val")[0]), [0.3] * d.meta["channels"], [0.3] * d.meta["channels"])
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (8, 4)

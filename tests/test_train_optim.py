@@ -165,10 +165,26 @@ def test_train_tracked_logs_to_mlflow(tmp_path, data, monkeypatch):  # noqa: F81
     monkeypatch.chdir(tmp_path)
     params = make_params(epochs=2)
     params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})})
-    run_id = tracking.start_run(params, "test_tiny")
-    summary = tr.train_task.fn(params, Layout(tmp_path), "test_tiny", run_id)
+    parent = tracking.start_run(params, "pipeline")
+    summary = tr.train_task.fn(params, Layout(tmp_path), "test_tiny", parent)
+    run_id = tracking.arch_run_id(Layout(tmp_path), "test_tiny")
     run = tracking.client(params).get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["arch"] == "test_tiny" and run.data.params["train.optimizer.name"] == "sgd"
     assert run.data.metrics["best_val_acc"] == pytest.approx(summary["best_val_acc"])
     val_acc = tracking.client(params).get_metric_history(run_id, "val_acc")
     assert sorted(m.step for m in val_acc) == [0, 1]
+    # a later pipeline run reuses the finished checkpoint; its new run still gets every epoch
+    tr.train_task.fn(params, Layout(tmp_path), "test_tiny", parent)
+    second = tracking.arch_run_id(Layout(tmp_path), "test_tiny")
+    assert second != run_id
+    assert sorted(m.step for m in tracking.client(params).get_metric_history(second, "val_acc")) == [0, 1]
+
+
+def test_per_architecture_override_is_used(tmp_path, data):  # noqa: F811
+    params = make_params(epochs=1, overrides={"test_tiny": {"optimizer": {"name": "adam", "lr": 0.003}, "epochs": 2}})
+    summary = tr.train(params, Layout(tmp_path), "test_tiny")
+    ckpt = torch.load(Layout(tmp_path).train("test_tiny") / "checkpoint.pt", weights_only=True)
+    assert summary["epochs_run"] == 2
+    assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))
+    assert ckpt["optimizer"]["param_groups"][0]["base_lr"] == 0.003

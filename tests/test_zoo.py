@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 import models
 from models.blocks import count_params
@@ -81,22 +82,61 @@ def test_fitted_baselines_match_scikit_learn_and_round_trip(digits, name, sk):
 # ---------------------------------------------------------------- parameter counts (anchors)
 
 # (name, kwargs, expected, tolerance as a fraction; 0 = exact) and the source of the figure.
+# Default kwargs: 1000 classes at 224x224. "M" figures are checked to the digits the source gives.
 ANCHORS = [
     # LeCun et al. 1998, Sec. II.B: 60,000 trainable parameters (fixed RBF output); + 84x10+10 linear.
     ("lenet5", dict(num_classes=10, in_channels=1, image_size=32, output="rbf"), 60_000, 0),
     ("lenet5", dict(num_classes=10, in_channels=1, image_size=32), 60_850, 0),
-    # torchvision resnet.py / He et al. 2015 Table 1 (1000 classes, 224x224).
+    # Krizhevsky et al. 2012 (two towers) / one tower; torchvision's alexnet ("one weird trick").
+    ("alexnet", dict(groups=2), 60_965_224, 0),
+    ("alexnet", dict(), 62_378_344, 0),
+    ("alexnet_torchvision", dict(), 61_100_840, 0),
+    # Zeiler & Fergus 2013 Fig. 3: 96 7x7/2, 256 5x5/2, 384, 384, 256 3x3, 4096, 4096, 1000, summed.
+    ("zfnet", dict(), 96 * 3 * 49 + 96 + 256 * 96 * 25 + 256 + 384 * 256 * 9 + 384 + 384 * 384 * 9 + 384
+     + 256 * 384 * 9 + 256 + 9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000, 0),
+    # torchvision vgg.py (Simonyan & Zisserman Table 2: 138 M / 144 M).
+    ("vgg16", dict(), 138_357_544, 0),
+    ("vgg19", dict(), 143_667_240, 0),
+    # torchvision googlenet.py: without / with the two auxiliary classifiers.
+    ("googlenet", dict(aux_logits=False), 6_624_904, 0),
+    ("googlenet", dict(), 13_004_888, 0),
+    # torchvision resnet.py / He et al. 2015 Table 1.
     ("resnet18", dict(), 11_689_512, 0),
     ("resnet34", dict(), 21_797_672, 0),
     ("resnet50", dict(), 25_557_032, 0),
     ("resnet101", dict(), 44_549_160, 0),
     ("resnet152", dict(), 60_192_808, 0),
-    # He et al. 2015 Table 6: 0.27 / 0.46 / 0.66 / 0.85 / 1.7 M (CIFAR-10, option A); 2 significant digits.
+    # He et al. 2015 Table 6: 0.27 / 0.46 / 0.66 / 0.85 / 1.7 M (CIFAR-10, option A).
     ("resnet20", dict(num_classes=10, image_size=32), 0.27e6, 0.02),
     ("resnet32", dict(num_classes=10, image_size=32), 0.46e6, 0.02),
     ("resnet44", dict(num_classes=10, image_size=32), 0.66e6, 0.02),
     ("resnet56", dict(num_classes=10, image_size=32), 0.85e6, 0.02),
     ("resnet110", dict(num_classes=10, image_size=32), 1.7e6, 0.03),
+    # He et al. 2016 (identity mappings) Table 3: PreAct-ResNet-164, 1.7 M.
+    ("preact_resnet164", dict(num_classes=10, image_size=32), 1.7e6, 0.03),
+    # Zagoruyko & Komodakis Table 6: WRN-28-10 36.5 M; 36,479,194 in xternalz/WideResNet-pytorch.
+    ("wrn28_10", dict(num_classes=10, image_size=32), 36_479_194, 0),
+    # Xie et al. 2017 Table 7: ResNeXt-29 8x64d 34.4 M, 16x64d 68.1 M; torchvision resnext50_32x4d.
+    ("resnext29_8x64d", dict(num_classes=10, image_size=32), 34.4e6, 0.002),
+    ("resnext29_16x64d", dict(num_classes=10, image_size=32), 68.1e6, 0.002),
+    ("resnext50_32x4d", dict(), 25_028_904, 0),
+    # Huang et al. 2016: stochastic depth drops blocks, adds no parameters: ResNet-110's.
+    ("resnet110_sd", dict(num_classes=10, image_size=32), 1_727_962, 0),
+    # Hu et al.: SE-ResNet-110 1,744,952 (moskomule/senet.pytorch); SE-ResNet-50 28.09 M (Table 2: 28.1 M).
+    ("se_resnet110", dict(num_classes=10, image_size=32), 1_744_952, 0),
+    ("se_resnet50", dict(), 28.1e6, 0.002),
+    # Huang et al. 2017 Table 2: DenseNet-BC (L=100, k=12) 0.8 M; torchvision densenet121.
+    ("densenet_bc_100_12", dict(num_classes=10, image_size=32), 0.8e6, 0.04),
+    ("densenet121", dict(), 7_978_856, 0),
+    # Howard et al. 2017 Table 8: 1.0 MobileNet-224, 4.2 M.
+    ("mobilenet_v1", dict(), 4.2e6, 0.012),
+    # torchvision efficientnet.py (Tan & Le Table 2: 5.3 M).
+    ("efficientnet_b0", dict(), 5_288_548, 0),
+    # torchvision vision_transformer.py (Dosovitskiy et al. Table 1: 86 M).
+    ("vit_b_16", dict(), 86_567_656, 0),
+    # Dai et al. 2021 Table 3: CoAtNet-0 25 M, CoAtNet-1 42 M.
+    ("coatnet_0", dict(), 25e6, 0.02),
+    ("coatnet_1", dict(), 42e6, 0.012),
 ]
 
 
@@ -120,22 +160,21 @@ def test_plain_nets_match_their_resnets():
 
 # ---------------------------------------------------------------- shapes
 
-# Forwarded for real at 224x224 (cheap enough for 2 CPU cores); the rest run on the meta device.
-REAL_224 = {"lenet5", "resnet20", "knn", "linear", "bayes"}
+# Built and run for real below this many parameters; bigger ones run on the meta device, which
+# checks every shape without memory or arithmetic (the whole file must run in minutes on 2 cores).
+REAL_LIMIT = 3_000_000
 
 
 @pytest.mark.parametrize("name", sorted(models.available()))
 def test_output_shape(name):
     info = models.available()[name]
     sizes = {"small": [32], "imagenet": [224], "any": [32, 224]}[info.scale]
-    if name == "lenet5":
-        sizes = [32]
     for size in sizes:
-        real = size == 32 or name in REAL_224
-        device = "cpu" if real else "meta"
-        with torch.device(device):
+        fitted = info.trained_by == "fit"
+        real = fitted or (size == 32 and n_params(name, 7, image_size=size) <= REAL_LIMIT)
+        with torch.device("cpu" if real else "meta"):
             model = models.build(name, 7, in_channels=3, image_size=size)
-            if info.trained_by == "fit":
+            if fitted:
                 model.fit(torch.randn(20, 3, size, size), torch.arange(20) % 7)
             model.eval()
             with torch.no_grad():
@@ -143,15 +182,119 @@ def test_output_shape(name):
         assert isinstance(out, torch.Tensor) and out.shape == (2, 7), (name, size)
 
 
+@pytest.mark.parametrize("name, kw", [("mobilenet_v1", dict(alpha=0.25)), ("efficientnet_b0", {}), ("knn", {}),
+                                      ("bayes", {})])
+def test_real_forward_at_224(name, kw):
+    model = models.build(name, 5, in_channels=3, image_size=224, **kw)
+    if models.available()[name].trained_by == "fit":
+        model.fit(torch.randn(8, 3, 224, 224), torch.arange(8) % 5)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 224, 224)).shape == (2, 5)
+
+
+def test_small_inputs_get_small_stems():
+    # A 32x32 image through an ImageNet stem would reach the last stage at 1x1.
+    assert isinstance(models.build("resnet50", 10, image_size=32).maxpool, nn.Identity)
+    assert not isinstance(meta_build("resnet50", image_size=224).maxpool, nn.Identity)
+    assert not isinstance(meta_build("resnet50", image_size=32, variant="imagenet").maxpool, nn.Identity)
+    with pytest.raises(ValueError, match="lenet5"):
+        models.build("lenet5", 10, image_size=224)
+
+
+# ---------------------------------------------------------------- family behaviour
+
+
+def test_googlenet_aux_outputs_only_in_training():
+    model = models.build("googlenet", 10, in_channels=1, image_size=32, variant="imagenet")
+    assert model.aux_loss_weight == 0.3
+    x = torch.randn(2, 1, 32, 32)
+    model.train()
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
+    model.eval()
+    out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+def test_stochastic_depth_is_the_identity_schedule_in_eval():
+    torch.manual_seed(0)
+    sd = models.build("resnet20_sd", 10)
+    drops = [b.stochastic_depth.p for layer in (sd.layer1, sd.layer2, sd.layer3) for b in layer]
+    assert drops == pytest.approx([0.5 * i / 9 for i in range(1, 10)])  # linear decay to p_L = 0.5
+    plain = models.build("resnet20", 10)
+    plain.load_state_dict(sd.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    sd.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(sd(x), plain(x))  # every block used at test time
+        sd.train()
+        outs = {tuple(sd(x).flatten()[:4].tolist()) for _ in range(6)}
+    assert len(outs) > 1  # and blocks really are dropped in training
+
+
+def test_deformable_resnet_equals_its_resnet_at_init():
+    torch.manual_seed(0)
+    base = models.build("resnet20", 10)
+    deform = models.build("deform_resnet20", 10)
+    state = {}
+    for key, value in base.state_dict().items():
+        if key.startswith("layer3") and key.endswith(("conv1.weight", "conv2.weight")):
+            key = key.replace(".weight", ".conv.weight")
+        state[key] = value
+    missing, unexpected = deform.load_state_dict(state, strict=False)
+    assert not unexpected and all(".offset." in k for k in missing)
+    base.eval(), deform.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deform(x), base(x), atol=1e-5, rtol=1e-4)
+
+
+def test_lenet_c3_connection_table():
+    from models.lenet import C3Convolution
+
+    c3 = C3Convolution()
+    dense = c3.dense_weight()
+    connected = dense.abs().sum((2, 3)) > 0
+    assert connected.sum() == 60  # Table I: 60 of the 16 x 6 links
+    assert connected[15].all() and connected[0].tolist() == [True, True, True, False, False, False]
+
+
+def test_catalogue_rows():
+    rows = {r["name"]: r for r in models.catalogue(names=["resnet20", "resnet18", "vit_b_16", "knn"])}
+    assert rows["resnet18"]["params"] == 11_689_512
+    assert rows["resnet18"]["flops_224"] == pytest.approx(2 * 1.82e9, rel=0.01)  # 1.8 GFLOPs (MACs), Table 1
+    assert rows["resnet20"]["flops_224"] is None and rows["resnet20"]["flops_32"] > 0
+    assert rows["vit_b_16"]["flops_32"] is None
+    assert rows["knn"]["flops_32"] is None
+    assert set(rows["resnet20"]) >= {"name", "family", "year", "paper", "scale", "params", "flops_32", "flops_224"}
+
+
 # ---------------------------------------------------------------- training
 
-# The small variant of each family the digits run trains (bench/zoo_digits.py), with its options.
-TRAINABLE = [
-    ("lenet5", dict(in_channels=1)),
-    ("linear", dict(in_channels=1)),
-    ("mlp", dict(in_channels=1)),
-    ("resnet20", dict(in_channels=1)),
-]
+def _digits_recipes() -> dict:
+    """The small variant of each family that the digits run trains, with its options (one source)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "zoo_digits.py"
+    spec = importlib.util.spec_from_file_location("zoo_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RECIPES
+
+
+TRAINABLE = [(n, dict(r["options"], in_channels=1)) for n, r in _digits_recipes().items()
+             if models.available()[n].trained_by == "sgd"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two intra-op threads on a CPU shared with other jobs wait on each other (up to 10x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name, kw", TRAINABLE, ids=[t[0] for t in TRAINABLE])
@@ -171,14 +314,23 @@ def test_twenty_steps_halve_the_loss(name, kw):
                 model.aux_loss_weight * nn.functional.cross_entropy(a, y) for a in out[1:])
         return nn.functional.cross_entropy(out, y)
 
-    first = None
+    def main_loss():
+        # The classifier's own loss in train mode (BN on batch statistics), without the noise of
+        # dropout and stochastic depth.
+        noisy = [m for m in model.modules() if isinstance(m, (nn.Dropout, StochasticDepth))]
+        for m in noisy:
+            m.eval()
+        with torch.no_grad():
+            out = model(x)
+        for m in noisy:
+            m.train()
+        return nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y).item()
+
+    first = main_loss()
     for _ in range(20):
         loss = loss_of(model(x))
-        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
-    with torch.no_grad():
-        final = nn.functional.cross_entropy(model(x), y).item()
+    final = main_loss()
     assert final < first / 2, f"{name}: {first:.3f} -> {final:.3f}"
