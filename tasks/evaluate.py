@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models import count_params
 from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
 from tasks.serving import preprocess
+from tasks.train import load_trained, pick_device
 
 SPLITS = ("val", "test")
 
@@ -183,16 +185,6 @@ def plot_reliability(table: list[dict], ece: float, path: Path, title: str) -> P
 # --------------------------------------------------------------------------- inference
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def tta_views(x: Tensor, mode: str, padding: int) -> list[Tensor]:
     """Test-time views of a normalised batch: itself; + its mirror; or VGG-style multi-crop.
 
@@ -225,10 +217,6 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep: dict, batch_size:
             probs = torch.stack([torch.softmax(model(v).float(), 1) for v in views]).mean(0)
             out.append(probs.clamp_min(1e-12).log().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 @torch.inference_mode()
@@ -285,7 +273,7 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
     """Evaluate `model` on `splits` ({"val": (uint8 NHWC, labels), ...}); write everything into `out`."""
     ep = params.evaluate
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params.device)
+    device = pick_device(params.device)
     model = model.to(device).eval()
     metrics: dict[str, Any] = {}
     report: dict[str, Any] = {"classes": list(classes)}
@@ -327,13 +315,9 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
 def preprocessing(layout: Layout, meta: Any) -> dict:
     """The preprocessing every model of this run shares: size, channels, normalisation stats."""
     stats = read_json(layout.augment / "stats.json")
-    get = (lambda k: meta[k]) if isinstance(meta, dict) else (lambda k: getattr(meta, k))
+    get = meta.__getitem__
     return {"image_size": int(get("image_size")), "channels": int(get("channels")),
             "mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
-
-
-def meta_value(meta: Any, key: str) -> Any:
-    return meta[key] if isinstance(meta, dict) else getattr(meta, key)
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -356,10 +340,8 @@ def evaluate(params: Params, layout: Layout, arch: str, run_id: str | None = Non
     from tasks.ingest import load_prepared
 
     run_id = run_id or tracking.arch_run_id(layout, arch)
-    from tasks.train import load_trained
-
     data = load_prepared(layout.prepared)
-    classes = [str(c) for c in meta_value(data.meta, "classes")]
+    classes = [str(c) for c in data.meta["classes"]]
     prep = preprocessing(layout, data.meta)
     model = load_trained(params, layout, arch)
     splits = {split: data.split(split) for split in SPLITS}

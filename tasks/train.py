@@ -41,7 +41,7 @@ from tasks import augment as aug
 from tasks import distributed
 from tasks.files import atomic_path, read_json, write_json
 from tasks.layout import Layout
-from tasks.optim import ModelEMA, Schedule, build_optimizer, count_params
+from tasks.optim import ModelEMA, Schedule, build_optimizer
 from tasks.params import Params, TrainParams
 
 Log = Callable[[dict[str, float], int], None]
@@ -359,7 +359,7 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     common = {
         "arch": arch,
         "family": info.family,
-        "params": count_params(model),
+        "params": models.count_params(model),
         "device": str(device),
         "run_id": run_id,
         "model": build_args,
