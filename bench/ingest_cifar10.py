@@ -25,9 +25,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
-if not DEFAULT_ARCHIVE.exists():
-    DEFAULT_ARCHIVE = Path("/work/shared/datasets/cifar10-jpg.tar.gz")
+# ../shared/datasets beside the project (or beside the folder of its worktree)
+DEFAULT_ARCHIVE = next((p for p in (ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz",
+                                    ROOT.parents[1] / "shared" / "datasets" / "cifar10-jpg.tar.gz") if p.exists()),
+                       ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz")
 
 
 class PeakMemory:
@@ -112,7 +113,7 @@ def main() -> int:
         "image_size": args.image_size,
         "workers": args.workers or len(os.sched_getaffinity(0)),
         "cores": len(os.sched_getaffinity(0)),
-        "load_average_before": os.getloadavg(),
+        "load_average_1_5_15min": os.getloadavg(),  # the machine is shared: read timings with it
         "python": platform.python_version(),
         "machine": platform.machine(),
         "targets": {"wall_s": 60, "peak_rss_mb": 1024},

@@ -125,8 +125,9 @@ def step(model, opt, x, y):
     opt.step()
 
 
-def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path) -> float:
-    """The real train stage: two epochs of `steps` steps; the second epoch's reported img/s."""
+def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path, compile: bool = False) -> float:
+    """The real train stage with its defaults (deterministic included): two epochs of `steps` steps;
+    the second epoch's reported img/s."""
     aug.prepared = lambda layout: data
     params = Params.model_validate(
         {
@@ -139,7 +140,7 @@ def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path
                 "max_steps_per_epoch": steps,
                 "resume": False,
                 "progress": "off",
-                "deterministic": False,
+                "compile": compile,
                 "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
                 "schedule": {"name": "constant"},
             },
@@ -148,7 +149,9 @@ def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tr.train(params, Layout(Path(tmp)), arch)
         history = json.loads((Path(tmp) / "outputs/train" / arch / "history.json").read_text())
-    return history[-1]["img_per_s"]
+    torch.use_deterministic_algorithms(False)  # process-global: leave the other loops as they were
+    last = history[-1]
+    return last["img_per_s"], steps * batch / last["cpu_seconds"]
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -195,10 +198,26 @@ def run_reference(loader, arch, num_classes, channels, steps: int, warmup: int =
 
     for _ in range(warmup):
         step(model, opt, *next_batch())
-    t0 = time.perf_counter()
+    workers = [w.pid for w in getattr(it, "_workers", [])]
+    t0, cpu0 = time.perf_counter(), time.process_time() + _cpu(workers)
     for _ in range(steps):
         step(model, opt, *next_batch())
-    return steps * loader.batch_size / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() + _cpu(workers) - cpu0
+    n = steps * loader.batch_size
+    return n / wall, n / cpu
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the loader's worker processes (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def run_bare(pre: tuple[torch.Tensor, torch.Tensor], arch, num_classes, channels, batch: int, steps: int, warmup: int = 3) -> float:
@@ -208,11 +227,11 @@ def run_bare(pre: tuple[torch.Tensor, torch.Tensor], arch, num_classes, channels
     nb = len(y) // batch
     for i in range(warmup):
         step(model, opt, x[(i % nb) * batch : (i % nb + 1) * batch], y[(i % nb) * batch : (i % nb + 1) * batch])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         j = i % nb
         step(model, opt, x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch])
-    return steps * batch / (time.perf_counter() - t0)
+    return steps * batch / (time.perf_counter() - t0), steps * batch / (time.process_time() - cpu0)
 
 
 def pre_augmented(data: InMemory, stats: aug.Stats, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +252,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--images", type=int, default=10000, help="CIFAR-10 images to decode")
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="reference num_workers to try (default 0..cores)")
+    ap.add_argument("--compile", action="store_true", help="also time the engine with train.compile: true")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads for all three (0: torch's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
@@ -256,52 +276,70 @@ def main(argv=None) -> dict:
     for mi, arch in enumerate(args.model):
         steps = (args.steps[mi] if args.steps and mi < len(args.steps) else None) or (60 if arch == "lenet5" else 12)
         # Choose the reference's best num_workers once, on a short run.
-        loaders = {w: reference_loader(data, args.batch, w, stats) for w in worker_choices}
-        probe = {w: run_reference(loaders[w], arch, num_classes, channels, max(4, steps // 3), warmup=2) for w in worker_choices}
+        probe = {}
+        for w in worker_choices:
+            loader = reference_loader(data, args.batch, w, stats)
+            probe[w] = run_reference(loader, arch, num_classes, channels, max(4, steps // 3), warmup=2)[0]
+            del loader
         best_w = max(probe, key=probe.get)
-        for w, loader in loaders.items():
-            if w != best_w:
-                del loader
-        loaders = {best_w: loaders[best_w]}
-        print(f"{arch}: reference num_workers probe (img/s): " + ", ".join(f"{w}: {v:.0f}" for w, v in probe.items()) + f" -> {best_w}")
-        runs = {"zooflow": [], "reference": [], "bare": []}
-        order = ["zooflow", "reference", "bare"]
+        loader = reference_loader(data, args.batch, best_w, stats)
+        print(f"{arch}: reference num_workers probe (img/s): " + ", ".join(f"{w}: {v:.0f}" for w, v in probe.items()) + f" -> {best_w}", flush=True)
+        order = ["zooflow", "reference", "bare"] + (["zooflow_compile"] if args.compile else [])
+        runs: dict[str, list] = {name: [] for name in order}
+        if args.compile:  # compile once outside the timing (inductor caches the kernels on disk)
+            run_zooflow(data, arch, args.batch, 2, args.out, compile=True)
         for r in range(args.rounds):
-            for name in order[r % 3 :] + order[: r % 3]:
+            k = r % len(order)
+            for name in order[k:] + order[:k]:
                 if name == "zooflow":
                     v = run_zooflow(data, arch, args.batch, steps, args.out)
+                elif name == "zooflow_compile":
+                    v = run_zooflow(data, arch, args.batch, steps, args.out, compile=True)
                 elif name == "reference":
-                    v = run_reference(loaders[best_w], arch, num_classes, channels, steps)
+                    v = run_reference(loader, arch, num_classes, channels, steps)
                 else:
                     v = run_bare(pre, arch, num_classes, channels, args.batch, steps)
                 runs[name].append(v)
-            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()))
-        med = {k: statistics.median(v) for k, v in runs.items()}
-        row = {
-            "model": arch,
-            "batch": args.batch,
-            "steps": steps,
-            "rounds": args.rounds,
-            "reference_workers": best_w,
-            "img_per_s": med,
-            "runs": runs,
-            "zooflow_vs_reference": med["zooflow"] / med["reference"],
-            "zooflow_vs_bare": med["zooflow"] / med["bare"],
-            "round_ratios_vs_reference": [a / b for a, b in zip(runs["zooflow"], runs["reference"])],
-            "round_ratios_vs_bare": [a / b for a, b in zip(runs["zooflow"], runs["bare"])],
+            print(f"  round {r + 1} img/s (img per CPU-s): " + ", ".join(f"{k} {v[-1][0]:.0f} ({v[-1][1]:.0f})" for k, v in runs.items()), flush=True)
+        del loader
+        wall = {k: statistics.median(x[0] for x in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(x[1] for x in v) for k, v in runs.items()}
+        ratios = {f"{a}_vs_{b}": wall[a] / wall[b] for a in order if a.startswith("zooflow") for b in ("reference", "bare")}
+        per_round = {
+            f"{a}_vs_{b}": statistics.median(x[0] / y[0] for x, y in zip(runs[a], runs[b]))
+            for a in order if a.startswith("zooflow") for b in ("reference", "bare")
         }
-        results.append(row)
-        del loaders
+        cpu_ratios = {f"{a}_vs_{b}": cpu[a] / cpu[b] for a in order if a.startswith("zooflow") for b in ("reference", "bare")}
+        results.append(
+            {
+                "model": arch,
+                "batch": args.batch,
+                "steps": steps,
+                "rounds": args.rounds,
+                "reference_workers": best_w,
+                "reference_probe": probe,
+                "img_per_s": wall,
+                "img_per_cpu_s": cpu,
+                "ratios": ratios,
+                "median_round_ratios": per_round,
+                "cpu_ratios": cpu_ratios,
+                "runs": {k: [list(x) for x in v] for k, v in runs.items()},
+            }
+        )
 
     print()
-    print(f"| model | batch | steps x rounds | zooflow img/s | reference img/s (workers) | bare img/s | zooflow / reference | zooflow / bare |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | engine | steps x rounds | engine img/s | reference img/s (workers) | bare img/s | engine / reference | engine / bare | same, per CPU-second |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        m = r["img_per_s"]
-        print(
-            f"| {r['model']} | {r['batch']} | {r['steps']} x {r['rounds']} | {m['zooflow']:.0f} | {m['reference']:.0f} ({r['reference_workers']}) "
-            f"| {m['bare']:.0f} | {r['zooflow_vs_reference']:.2f}x | {r['zooflow_vs_bare']:.2f}x |"
-        )
+        m, c = r["img_per_s"], r["img_per_cpu_s"]
+        for name in m:
+            if not name.startswith("zooflow"):
+                continue
+            print(
+                f"| {r['model']} | {name.replace('_', ' + ')} | {r['steps']} x {r['rounds']} | {m[name]:.0f} | {m['reference']:.0f} ({r['reference_workers']}) "
+                f"| {m['bare']:.0f} | {r['ratios'][name + '_vs_reference']:.2f}x | {r['ratios'][name + '_vs_bare']:.2f}x "
+                f"| {r['cpu_ratios'][name + '_vs_reference']:.2f}x / {r['cpu_ratios'][name + '_vs_bare']:.2f}x |"
+            )
     report = {
         "data": source,
         "device": "cpu",

@@ -49,12 +49,12 @@ class AlexNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
-        # He initialisation for the convs, PyTorch's default for the FC layers, instead of the
-        # paper's N(0, 0.01) with unit biases: the same network, but it trains from scratch without
-        # the paper's hand-tuned learning-rate schedule.
+        # He initialisation (fan-in, so the signal keeps its scale through the ReLUs without BN)
+        # instead of the paper's N(0, 0.01) with unit biases: the same network, but it trains from
+        # scratch without the paper's hand-tuned learning-rate schedule.
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -5,7 +5,6 @@ Anything two families need lives here, so no family copies another's code.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

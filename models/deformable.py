@@ -1,8 +1,8 @@
 """Deformable Convolutional Networks (Dai et al. 2017): a 3x3 conv whose 9 sampling points are
 shifted by learned 2-D offsets, predicted from the same input by a plain 3x3 conv (Fig. 2).
 
-As in the paper (Sec. 3, "the last three 3x3 conv layers in conv5"), the 3x3 convs of a ResNet's
-last stage become deformable. The offset convs start at zero, so at initialisation every
+As in the paper (Sec. 3: "the last three 3x3 conv layers in conv5"), the last three 3x3 convs
+of a ResNet's last stage become deformable. The offset convs start at zero, so at initialisation every
 deformable conv samples the regular grid: the network equals its ResNet.
 """
 
@@ -44,32 +44,32 @@ class DeformableConv2d(nn.Module):
         return self.conv(x, self.offset(x))
 
 
-def make_last_stage_deformable(stage: nn.Sequential) -> nn.Sequential:
-    for block in stage:
-        for name in ("conv1", "conv2"):
-            conv = getattr(block, name)
-            # 3x3 convs only: a bottleneck's 1x1s stay as they are
-            if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-                setattr(block, name, DeformableConv2d.from_conv(conv))
+def make_last_convs_deformable(stage: nn.Sequential, count: int = 3) -> nn.Sequential:
+    """The last `count` 3x3 convs of the stage become deformable (the paper: the last three of
+    conv5). A bottleneck's 1x1 convs stay as they are."""
+    convs = [(block, name) for block in stage for name in ("conv1", "conv2")
+             if isinstance(getattr(block, name), nn.Conv2d) and getattr(block, name).kernel_size == (3, 3)]
+    for block, name in convs[-count:]:
+        setattr(block, name, DeformableConv2d.from_conv(getattr(block, name)))
     return stage
 
 
 @register("Deformable ConvNets", 2017, PAPER, scale="small")
 def deform_resnet20(num_classes: int, in_channels: int = 3, image_size: int = 32,
                     widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
-    """CIFAR ResNet-20 (option A) with deformable 3x3 convs in its last stage (64 filters, 8x8)."""
+    """CIFAR ResNet-20 (option A) whose last three 3x3 convs (last stage: 64 filters, 8x8) are deformable."""
     model = CifarResNet(20, num_classes, in_channels, widths=tuple(widths), stem_stride=stem_stride)
-    make_last_stage_deformable(model.layer3)
+    make_last_convs_deformable(model.layer3)
     return model
 
 
 def _imagenet(name: str, block: type[nn.Module], layers: list[int]) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
         model = imagenet_resnet(block, layers, num_classes, in_channels, image_size, variant)
-        make_last_stage_deformable(model.layer4)
+        make_last_convs_deformable(model.layer4)
         return model
 
-    builder.__doc__ = f"{name}: torchvision's ResNet, conv5 3x3 convs deformable."
+    builder.__doc__ = f"{name}: torchvision's ResNet, the last three 3x3 convs of conv5 deformable."
     register("Deformable ConvNets", 2017, PAPER, scale="any", name=name)(builder)
 
 

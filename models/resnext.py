@@ -56,9 +56,12 @@ class CifarResNeXt(nn.Module):
 def _cifar(cardinality: int, width: int) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, cardinality: int = cardinality,
                 base_width: int = width, stem_width: int = 64,
-                widths: tuple[int, ...] | list[int] = (64, 128, 256), stem_stride: int = 1) -> nn.Module:
-        """`widths`: the stages' bottleneck planes (outputs are 4x); smaller for small data."""
-        return CifarResNeXt(cardinality, base_width, num_classes, in_channels, stem_width=stem_width,
+                widths: tuple[int, ...] | list[int] = (64, 128, 256), stem_stride: int = 1,
+                depth: int = 29) -> nn.Module:
+        """`widths`: the stages' bottleneck planes (outputs are 4x); `depth` 9n+2. Smaller for small data."""
+        if (depth - 2) % 9:
+            raise ValueError(f"CIFAR ResNeXt depth must be 9n+2 (11, 20, 29, ...), got {depth}")
+        return CifarResNeXt(cardinality, base_width, num_classes, in_channels, depth=depth, stem_width=stem_width,
                             widths=tuple(widths), stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR ResNeXt-29 ({cardinality}x{width}d)."

@@ -11,7 +11,7 @@ Four ways to combine members, every one chosen or fitted on val only and then re
   the best single member.
 
 The gain over the best single member is reported for each (AlexNet's seven CNNs took ImageNet
-top-5 error from 18.2 % to 15.4 %). The chosen ensemble goes to `outputs/ensemble/ensemble.json`
+top-5 error from 18.2 % to 15.4 %). The chosen ensemble goes to `outputs/ensemble/members.json`
 with its members and weights; `tasks.register` turns it into one pyfunc model.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import UserError
-from tasks.evaluate import classification_report, nll, scalars, softmax
+from tasks.evaluate import classification_report, logits_file, nll, scalars, softmax
 from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
@@ -157,8 +157,8 @@ def ensemble_logits(members: list[str], val_logits: list[np.ndarray], test_logit
 
 def evaluated_members(params: Params, layout: Layout) -> list[str]:
     names = params.ensemble.members or params.train.architectures
-    found = [a for a in names if (layout.eval(a) / "val_logits.npy").exists()
-             and (layout.eval(a) / "test_logits.npy").exists()]
+    found = [a for a in names if logits_file(layout.eval(a), "val").exists()
+             and logits_file(layout.eval(a), "test").exists()]
     missing = [a for a in (params.ensemble.members or []) if a not in found]
     if missing:
         raise UserError(f"ensemble.members: {', '.join(missing)} not evaluated (no logits under "
@@ -171,19 +171,21 @@ def ensemble(params: Params, layout: Layout) -> dict:
     members = evaluated_members(params, layout)
     if not members:
         raise UserError(f"ensemble: no evaluated architecture under {layout.eval('*').parent}; run evaluate first")
-    val_labels = np.load(layout.eval(members[0]) / "val_labels.npy")
-    test_labels = np.load(layout.eval(members[0]) / "test_labels.npy")
+    def load(arch: str, split: str, kind: str = "logits") -> np.ndarray:
+        return np.load(logits_file(layout.eval(arch), split, kind))
+
+    val_labels, test_labels = load(members[0], "val", "labels"), load(members[0], "test", "labels")
     for arch in members[1:]:
-        if not (np.array_equal(np.load(layout.eval(arch) / "val_labels.npy"), val_labels)
-                and np.array_equal(np.load(layout.eval(arch) / "test_labels.npy"), test_labels)):
+        if not (np.array_equal(load(arch, "val", "labels"), val_labels)
+                and np.array_equal(load(arch, "test", "labels"), test_labels)):
             raise UserError(f"ensemble: {arch} was evaluated on other data than {members[0]}; re-run evaluate")
-    val_logits = [np.load(layout.eval(a) / "val_logits.npy") for a in members]
-    test_logits = [np.load(layout.eval(a) / "test_logits.npy") for a in members]
+    val_logits = [load(a, "val") for a in members]
+    test_logits = [load(a, "test") for a in members]
     classes = _classes(layout, members[0], val_logits[0].shape[1])
     result = ensemble_logits(members, val_logits, test_logits, val_labels, test_labels, classes, params)
     val_probs, test_probs = result.pop("_probs")
     with atomic_dir(layout.ensemble) as out:
-        write_json(out / "ensemble.json", result)
+        write_json(out / "members.json", result)
         write_json(out / "metrics.json", {"val": result["chosen"]["val"], "test": result["chosen"]["test"],
                                           "gain_val_accuracy": result["chosen"]["gain_val_accuracy"],
                                           "gain_test_accuracy": result["chosen"]["gain_test_accuracy"]})

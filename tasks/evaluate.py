@@ -5,11 +5,12 @@ negative log-likelihood, expected calibration error with a reliability diagram, 
 test-time augmentation (flip; VGG-style multi-crop), latency and throughput on the device,
 parameters and FLOPs. Writes `outputs/eval/<arch>/`:
 
-    metrics.json          scalars only (DVC metrics): val/test accuracy, top5, nll, ece, speed, size
-    report.json           per-class precision/recall/F1/support, confusion matrices, reliability bins
-    {val,test}_logits.npy the logits the ensemble stage combines (no re-inference there)
-    {val,test}_labels.npy their labels
-    confusion_{val,test}.png, confusion_{val,test}_normalized.png, reliability_{val,test}.png
+    metrics.json                 scalars only (DVC metrics): val/test accuracy, top5, nll, ece, size
+    speed.json                   latency and throughput (kept apart: they vary from run to run)
+    report.json                  per-class precision/recall/F1/support, confusion matrices, reliability bins
+    logits/{val,test}_logits.npy the logits the ensemble stage combines (no re-inference there)
+    logits/{val,test}_labels.npy their labels
+    plots/confusion_{val,test}[_normalized].png, plots/reliability_{val,test}.png
 
 The metric functions at the top take plain arrays, so the ensemble stage reuses them.
 """
@@ -24,12 +25,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models import count_params
 from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
 from tasks.serving import preprocess
+from tasks.train import load_trained, pick_device
 
 SPLITS = ("val", "test")
+
+
+def logits_file(folder: Path, split: str, kind: str = "logits") -> Path:
+    """Where evaluate keeps a split's saved `logits` or `labels` inside `outputs/eval/<arch>/`."""
+    return folder / "logits" / f"{split}_{kind}.npy"
 
 
 # --------------------------------------------------------------------------- metrics on arrays
@@ -177,16 +185,6 @@ def plot_reliability(table: list[dict], ece: float, path: Path, title: str) -> P
 # --------------------------------------------------------------------------- inference
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def tta_views(x: Tensor, mode: str, padding: int) -> list[Tensor]:
     """Test-time views of a normalised batch: itself; + its mirror; or VGG-style multi-crop.
 
@@ -219,10 +217,6 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep: dict, batch_size:
             probs = torch.stack([torch.softmax(model(v).float(), 1) for v in views]).mean(0)
             out.append(probs.clamp_min(1e-12).log().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 @torch.inference_mode()
@@ -279,7 +273,7 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
     """Evaluate `model` on `splits` ({"val": (uint8 NHWC, labels), ...}); write everything into `out`."""
     ep = params.evaluate
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params.device)
+    device = pick_device(params.device)
     model = model.to(device).eval()
     metrics: dict[str, Any] = {}
     report: dict[str, Any] = {"classes": list(classes)}
@@ -295,36 +289,35 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
             tta_logits = predict_logits(model, images, prep, ep.batch_size, device, ep.tta, padding)
             metrics[f"{split}_tta"] = scalars(classification_report(softmax(tta_logits.astype(np.float64)),
                                                                      labels, classes, ep.ece_bins))
-        save_npy(out / f"{split}_logits.npy", logits.astype(np.float32))
-        save_npy(out / f"{split}_labels.npy", labels)
-        plot_confusion(np.array(rep["confusion"]), classes, out / f"confusion_{split}.png",
+        save_npy(logits_file(out, split), logits.astype(np.float32))
+        save_npy(logits_file(out, split, "labels"), labels)
+        plots = out / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        plot_confusion(np.array(rep["confusion"]), classes, plots / f"confusion_{split}.png",
                        f"{split}: counts", normalized=False)
-        plot_confusion(np.array(rep["confusion_normalized"]), classes, out / f"confusion_{split}_normalized.png",
+        plot_confusion(np.array(rep["confusion_normalized"]), classes, plots / f"confusion_{split}_normalized.png",
                        f"{split}: row-normalised", normalized=True)
-        plot_reliability(rep["reliability"], rep["ece"], out / f"reliability_{split}.png", f"{split} reliability")
+        plot_reliability(rep["reliability"], rep["ece"], plots / f"reliability_{split}.png", f"{split} reliability")
     first = next(iter(splits.values()))[0]
     example = preprocess(first[:1], **prep).to(device)
     metrics["params"] = count_params(model)
     metrics["flops"] = count_flops(model, example)
+    speed = {}
     if ep.measure_speed:
-        metrics["speed"] = {**measure_speed(model, example, device, ep.latency_repeats, ep.throughput_batch),
-                            "device": str(device)}
-    metrics["tta"] = ep.tta
+        speed = {**measure_speed(model, example, device, ep.latency_repeats, ep.throughput_batch),
+                 "device": str(device)}
+        write_json(out / "speed.json", speed)
     write_json(out / "metrics.json", metrics)
     write_json(out / "report.json", report)
-    return metrics
+    return {**metrics, "speed": speed} if speed else metrics
 
 
 def preprocessing(layout: Layout, meta: Any) -> dict:
     """The preprocessing every model of this run shares: size, channels, normalisation stats."""
     stats = read_json(layout.augment / "stats.json")
-    get = (lambda k: meta[k]) if isinstance(meta, dict) else (lambda k: getattr(meta, k))
+    get = meta.__getitem__
     return {"image_size": int(get("image_size")), "channels": int(get("channels")),
             "mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
-
-
-def meta_value(meta: Any, key: str) -> Any:
-    return meta[key] if isinstance(meta, dict) else getattr(meta, key)
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -347,10 +340,8 @@ def evaluate(params: Params, layout: Layout, arch: str, run_id: str | None = Non
     from tasks.ingest import load_prepared
 
     run_id = run_id or tracking.arch_run_id(layout, arch)
-    from tasks.train import load_trained
-
     data = load_prepared(layout.prepared)
-    classes = [str(c) for c in meta_value(data.meta, "classes")]
+    classes = [str(c) for c in data.meta["classes"]]
     prep = preprocessing(layout, data.meta)
     model = load_trained(params, layout, arch)
     splits = {split: data.split(split) for split in SPLITS}
@@ -366,9 +357,8 @@ def log_to_mlflow(params: Params, run_id: str, folder: Path, metrics: dict) -> N
     from tasks import tracking
 
     tracking.log_metrics(params, run_id, flat_metrics(metrics))
-    for path in sorted(folder.iterdir()):
-        if path.suffix in (".json", ".png"):
-            tracking.log_artifact(params, run_id, path, "eval")
+    for path in sorted([*folder.glob("*.json"), *folder.glob("plots/*.png")]):
+        tracking.log_artifact(params, run_id, path, "eval")
 
 
 from prefect import task  # noqa: E402 - the Prefect face of the plain function above

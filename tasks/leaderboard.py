@@ -56,13 +56,13 @@ def arch_row(layout: Layout, arch: str) -> dict[str, Any]:
         "val_acc": val.get("accuracy"), "test_acc": test.get("accuracy"),
         "val_nll": val.get("nll"), "val_ece": val.get("ece"),
         "params": metrics.get("params", train.get("params")), "flops": metrics.get("flops"),
-        "latency_ms": metrics.get("speed", {}).get("latency_ms"),
+        "latency_ms": _read(layout.eval(arch) / "speed.json").get("latency_ms"),
         "train_seconds": train.get("train_seconds"), "status": status,
     }
 
 
 def ensemble_row(params: Params, layout: Layout, rows: list[dict]) -> dict[str, Any] | None:
-    summary = _read(layout.ensemble / "ensemble.json")
+    summary = _read(layout.ensemble / "members.json")
     chosen = summary.get("chosen")
     if not chosen:
         return None

@@ -157,5 +157,3 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -103,18 +103,18 @@ class AugmentParams(Section):
     policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = Field(
         "none", description="policy augmentation from torchvision.transforms.v2, applied per sample"
     )
-    autoaugment_policy: Literal["cifar10", "imagenet", "svhn"] = "cifar10"
+    autoaugment_policy: Literal["cifar10", "imagenet", "svhn"] = Field("cifar10", description="AutoAugment: which learned policy")
     randaugment_ops: int = Field(2, ge=1, description="RandAugment: ops per image (N)")
     randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment: magnitude (M)")
-    preview_images: int = Field(64, ge=1, le=256)
+    preview_images: int = Field(64, ge=1, le=256, description="augmented train images in data/augment/preview.png")
 
 
 class OptimizerParams(Section):
-    name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = Field("sgd", description="the optimiser")
+    lr: float = Field(0.05, gt=0, description="peak learning rate (after warm-up, before decay)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (decoupled for adamw)")
     exclude_bn_bias_decay: bool = Field(False, description="no weight decay on normalisation weights and biases")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
     eps: float = Field(1e-8, gt=0, description="adam/adamw/rmsprop/adagrad/adadelta epsilon")
@@ -126,16 +126,18 @@ class OptimizerParams(Section):
 
 
 class ScheduleParams(Section):
-    name: Literal["constant", "cosine", "step", "exponential", "plateau", "onecycle"] = "cosine"
+    name: Literal["constant", "cosine", "step", "exponential", "plateau", "onecycle"] = Field(
+        "cosine", description="learning-rate schedule, set every step"
+    )
     warmup_epochs: float = Field(0, ge=0, description="linear warm-up from warmup_start_factor x lr, per step")
-    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1, description="warm-up starts at this fraction of lr")
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     milestones: list[int] = Field(
         default_factory=list, description="step: epochs at which lr is multiplied by step_gamma; empty: 50% and 75% of the run"
     )
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone (divide by 10)")
     exp_gamma: float = Field(0.96, gt=0, le=1, description="exponential: factor every exp_every epochs (GoogLeNet: 0.96 / 8)")
-    exp_every: int = Field(8, ge=1)
+    exp_every: int = Field(8, ge=1, description="exponential: epochs between two exp_gamma steps")
     plateau_factor: float = Field(0.1, gt=0, lt=1, description="plateau: lr factor when val accuracy stops improving")
     plateau_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the cut")
     plateau_threshold: float = Field(1e-3, ge=0, description="plateau: smallest val-accuracy gain that counts")
@@ -146,18 +148,18 @@ class ScheduleParams(Section):
 
 class TrainParams(Section):
     architectures: list[str] = Field(default_factory=lambda: ["knn", "lenet5", "resnet20"], min_length=1)
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(15, ge=1, description="passes over the train split")
+    batch_size: int = Field(128, ge=1, description="images per step (the ragged last batch of an epoch is dropped)")
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy targets (also of mixed ones)")
     deterministic: bool = Field(True, description="deterministic kernels: same seed, same weights")
     grad_clip: float = Field(0.0, ge=0, description="clip the gradients' global L2 norm to this; 0: off")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="model EMA decay (e.g. 0.999), selected on val when on; 0: off")
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without a better val accuracy; 0: off")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the steps of an epoch (smoke runs)")
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="autocast: auto is bf16 on CUDA, off elsewhere")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    channels_last: bool = Field(True, description="channels_last (NHWC) memory format for the model and batches, on CUDA and CPU")
     cudnn_benchmark: bool = Field(True, description="cudnn autotuning on CUDA (off when deterministic)")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager when it fails)")
     data_placement: Literal["auto", "device", "ram", "mmap"] = Field(

@@ -134,7 +134,7 @@ def promote(params: Params, layout: Layout) -> dict:
 
     images, labels = load_prepared(layout.prepared).split("val")
     result = promote_on(params, np.asarray(images), np.asarray(labels))
-    write_json(layout.register / "promotion.json", result)
+    write_json(layout.register / "promoted.json", result)
     return result
 
 

@@ -107,7 +107,7 @@ def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
                 m = read_json(path)
                 out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
                             "val": m["val"], "test": m["test"], "params": m.get("params")})
-    ens = layout.ensemble / "ensemble.json"
+    ens = layout.ensemble / "members.json"
     if params.register.candidates in ("all", "ensemble") and ens.exists():
         chosen = read_json(ens)["chosen"]
         if len(chosen["weights"]) > 1:
@@ -131,15 +131,13 @@ def best_candidate(cands: list[dict]) -> dict:
 
 def build_kwargs(params: Params, layout: Layout, arch: str, meta: Any) -> dict[str, Any]:
     """How `models.build` made `arch`: from train.json when it says, else from the data and params."""
-    from tasks.evaluate import meta_value
-
     path = layout.train(arch) / "train.json"
     built = read_json(path).get("model") if path.exists() else None
     if isinstance(built, dict) and "num_classes" in built:  # the engine's record: sizes + options
         return {"num_classes": int(built["num_classes"]), "in_channels": int(built["in_channels"]),
                 "image_size": int(built["image_size"]), **built.get("options", {})}
-    return {"num_classes": int(meta_value(meta, "num_classes")), "in_channels": int(meta_value(meta, "channels")),
-            "image_size": int(meta_value(meta, "image_size")),
+    return {"num_classes": int(meta["num_classes"]), "in_channels": int(meta["channels"]),
+            "image_size": int(meta["image_size"]),
             **params.train.for_arch(arch).model_options.get(arch, {})}
 
 
@@ -241,21 +239,36 @@ def _signature(example: np.ndarray, output):
     return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
 
 
+MODEL_CODE = '''"""zooflow's served model, logged as code (MLflow "models from code"): nothing is unpickled."""
+from mlflow.models import set_model
+
+from tasks.serving import ZooClassifier
+
+set_model(ZooClassifier())
+'''
+
+
 def log_pyfunc(params: Params, run_id: str, bundle: Path, example: np.ndarray):
-    """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo."""
+    """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo.
+
+    The model is logged as code (a three-line script that builds `ZooClassifier`), not pickled;
+    `tasks/serving.py` travels inside a `tasks` package so it imports as itself when loaded, and
+    `models/` beside it; the weights are state dicts read with `weights_only=True`.
+    """
     import mlflow
 
     model = ZooClassifier().load_bundle(bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        # `tasks.serving` must import as itself in the loading process: ship it inside a `tasks` package
         package = Path(tmp) / "tasks"
         package.mkdir()
         (package / "__init__.py").write_text('"""zooflow serving code shipped with the model."""\n')
         (package / "serving.py").write_text((PROJECT / "tasks" / "serving.py").read_text())
+        script = Path(tmp) / "zooflow_model.py"
+        script.write_text(MODEL_CODE)
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="model",
-                python_model=ZooClassifier(),
+                python_model=str(script),
                 artifacts={"bundle": str(bundle)},
                 code_paths=[str(PROJECT / "models"), str(package)],
                 signature=_signature(example, model.predict(None, example)),
@@ -290,13 +303,13 @@ def register_version(params: Params, client, model_info, run_id: str, descriptio
 
 def register(params: Params, layout: Layout, parent_run_id: str | None = None) -> dict:
     """Register the best candidate on val; alias `challenger`. Returns name, version, candidate, metrics."""
-    from tasks.evaluate import meta_value, preprocessing
+    from tasks.evaluate import preprocessing
     from tasks.ingest import load_prepared
     from tasks.train import load_trained
 
     cand = best_candidate(candidates(params, layout))
     data = load_prepared(layout.prepared)
-    classes = [str(c) for c in meta_value(data.meta, "classes")]
+    classes = [str(c) for c in data.meta["classes"]]
     prep = preprocessing(layout, data.meta)
     members = {arch: (load_trained(params, layout, arch), build_kwargs(params, layout, arch, data.meta), weight)
                for arch, weight in cand["members"].items()}
@@ -305,17 +318,13 @@ def register(params: Params, layout: Layout, parent_run_id: str | None = None) -
     runs = {arch: run for arch in cand["members"] if (run := tracking.arch_run_id(layout, arch))}
     val_images, val_labels = data.split("val")
     lineage = {
-        "data_sha256": str(meta_value(data.meta, "data_sha256")) if _has(data.meta, "data_sha256") else "unknown",
+        "data_sha256": str(data.meta.get("data_sha256", "unknown")),
         "classes": classes, "image_size": prep["image_size"], "channels": prep["channels"],
         "git_commit": git_commit(), "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runs": runs, "train_seconds": float(sum(t.get("train_seconds", 0) or 0 for t in train_info.values())),
     }
     return register_candidate(params, layout, cand, members, classes, prep, lineage, train_info,
                               np.asarray(val_images), np.asarray(val_labels), parent_run_id)
-
-
-def _has(meta: Any, key: str) -> bool:
-    return key in meta if isinstance(meta, dict) else hasattr(meta, key)
 
 
 def register_candidate(params: Params, layout: Layout, cand: dict, members: dict, classes: list[str],
@@ -359,7 +368,7 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
                "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
                "served_val_accuracy": served_acc, "run_id": run_id, "model_uri": info.model_uri,
                "eval_status": tags[f"{TAG}eval_status"]}
-    write_json(layout.register / "registration.json", summary)
+    write_json(layout.register / "registered.json", summary)
     return summary
 
 

@@ -55,7 +55,7 @@ def preprocess(images: Any, image_size: int, channels: int, mean: list[float], s
     if not array.flags.writeable or not array.flags.c_contiguous:  # a memory-mapped split: copy the batch
         array = np.array(array)
     x = torch.from_numpy(array).permute(0, 3, 1, 2).float()
-    if array.dtype != np.uint8 or x.max() > 1.0 + 1e-6:
+    if array.dtype == np.uint8 or (x.numel() and x.max() > 1.0 + 1e-6):  # floats in [0, 1] stay as they are
         x = x / 255.0
     if x.shape[1] == 4:  # RGBA: drop alpha
         x = x[:, :3]

@@ -96,22 +96,26 @@ def open_source(data: DataParams, root: Path) -> Source:
     if path is not None and not path.is_absolute():
         path = root / path
     if kind in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
-        return torchvision_source(kind, path or root / "data" / "raw", data.download)
-    if path is None:
+        source = torchvision_source(kind, path or root / "data" / "raw", data.download)
+    elif path is None:
         raise DataError(f"data.source={kind} needs data.path (the {kind} to read)")
-    if not path.exists() and not path.is_symlink():
+    elif not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: not found (data.path for data.source={kind})")
-    if kind == "folder":
+    elif kind == "folder":
         if not path.is_dir():
             raise DataError(f"{path}: not a folder (data.source=folder wants <class>/<image> folders)")
-        return folder_source(path)
-    if kind == "archive":
-        return archive_source(path)
-    if kind == "idx":  # IDX labels are numbers: data.classes names them in order
-        return idx_source(path, classes=data.classes)
-    if kind == "csv":
-        return csv_source(path)
-    raise DataError(f"data.source={kind}: unknown source")  # pragma: no cover - params forbids it
+        source = folder_source(path)
+    elif kind == "archive":
+        source = archive_source(path)
+    elif kind == "idx":  # IDX labels are numbers: data.classes names them in order
+        source = idx_source(path, classes=data.classes)
+    elif kind == "csv":
+        source = csv_source(path)
+    else:  # pragma: no cover - params forbids it
+        raise DataError(f"data.source={kind}: unknown source")
+    if data.path:  # as the user wrote it: meta.json stays the same in every clone of the project
+        source.info["path"] = data.path
+    return source
 
 
 # ---------------------------------------------------------------- digits

@@ -41,7 +41,7 @@ from tasks import augment as aug
 from tasks import distributed
 from tasks.files import atomic_path, read_json, write_json
 from tasks.layout import Layout
-from tasks.optim import ModelEMA, Schedule, build_optimizer, count_params
+from tasks.optim import ModelEMA, Schedule, build_optimizer
 from tasks.params import Params, TrainParams
 
 Log = Callable[[dict[str, float], int], None]
@@ -90,6 +90,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
+def use_channels_last(tp: TrainParams, device: torch.device) -> bool:
+    """NHWC activations: tensor cores on CUDA; on CPU oneDNN's convolutions are also faster in it
+    (measured: ResNet-20 -15 %, LeNet-5 -7 % CPU time per step)."""
+    return tp.channels_last and device.type in ("cuda", "cpu")
+
+
 def autocast(tp: TrainParams, device: torch.device):
     use = tp.amp == "bf16" or (tp.amp == "auto" and device.type == "cuda")
     if use and device.type in ("cuda", "cpu"):
@@ -123,13 +129,15 @@ class DeviceData:
             self.images = x
 
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The images (uint8 NCHW) and labels at `idx`, on the device."""
         if self.images is None:  # memory-mapped: read the rows in file order
-            idx = idx.sort().values
+            idx = idx.cpu().sort().values
             x = aug.to_nchw(np.asarray(self.mmap[idx.numpy()])).to(self.device, non_blocking=True)
         elif self.images.device == self.device:
-            x = self.images[idx.to(self.device)]
+            idx = idx.to(self.device)
+            x = self.images[idx]
         else:
-            x = self.images[idx].to(self.device, non_blocking=True)
+            x = self.images[idx.cpu()].to(self.device, non_blocking=True)
         return x, self.labels[idx.to(self.device)]
 
 
@@ -179,9 +187,9 @@ def evaluate(model: nn.Module, data: DeviceData, mean, std, batch_size: int, tp:
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    channels_last = tp.channels_last and device.type == "cuda"
+    channels_last = use_channels_last(tp, device)
     for start in range(0, data.n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, data.n))
+        idx = torch.arange(start, min(start + batch_size, data.n), device=device)
         xb, yb = data.batch(idx)
         x = aug.normalize(xb, mean, std)
         if channels_last:
@@ -351,7 +359,7 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     common = {
         "arch": arch,
         "family": info.family,
-        "params": count_params(model),
+        "params": models.count_params(model),
         "device": str(device),
         "run_id": run_id,
         "model": build_args,
@@ -416,7 +424,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
     if tp.max_steps_per_epoch:
         steps = min(steps, tp.max_steps_per_epoch)
 
-    if tp.channels_last and device.type == "cuda":
+    if use_channels_last(tp, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tp.optimizer, device)
     schedule = Schedule(tp.schedule, tp.epochs, steps)
@@ -458,7 +466,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         except Exception as exc:  # no compiler here: eager is still correct
             print(f"[train {arch}] torch.compile unavailable ({exc}); running eager", file=sys.stderr)
 
-    channels_last = tp.channels_last and device.type == "cuda"
+    channels_last = use_channels_last(tp, device)
     progress = Progress(tp.progress if main else "off", arch, tp.epochs)
     smoothing = tp.label_smoothing
     for epoch in range(start_epoch, tp.epochs):
@@ -468,7 +476,8 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         torch.manual_seed(es)  # dropout, stochastic depth: the global generator
         g_cpu = torch.Generator().manual_seed(es)
         g_dev = g_cpu if device.type == "cpu" else torch.Generator(device).manual_seed(es ^ 0x5EED)
-        perm = distributed.shard(torch.randperm(n, generator=g_cpu))
+        # On the device: no copy per step. Under DDP each rank takes its shard of the permutation.
+        perm = distributed.shard(torch.randperm(n, generator=g_cpu)).to(device)
         if distributed.active():  # each rank's shard gets its own augmentation draws
             g_dev = torch.Generator(device).manual_seed(distributed.rank_seed(es ^ 0x5EED))
 
@@ -479,7 +488,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         lr = schedule.set_lr(optimizer, global_step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for i in range(steps):
             xb, yb = train_data.batch(perm[i * bs : (i + 1) * bs])
             x, targets = augmenter(xb, yb, g_dev)
@@ -503,7 +512,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
                 progress.step(1, **({"loss": f"{loss.item():.3f}"} if i % 10 == 0 else {}))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         distributed.all_reduce_sum(loss_sum, correct)
         seen = steps * bs * distributed.world_size()
 
@@ -518,6 +527,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
             "lr": lr,
             "img_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
         }
         if ema is not None:
             raw = evaluate(model, val_data, stats.mean, stats.std, eval_bs, tp, device)

@@ -47,12 +47,12 @@ def image_table(prepared: PreparedData) -> pd.DataFrame:
     frames = []
     for split in SPLITS:
         images, labels = prepared.split(split)
-        n = len(labels)
-        sha = np.empty(n, dtype=object)
-        mean = np.empty(n, dtype=np.float64)
-        std = np.empty(n, dtype=np.float64)
-        for start in range(0, n, _CHUNK):
-            block = np.asarray(images[start:start + _CHUNK])
+        n = len(labels)  # one row per label; images without a label show in the splits table
+        sha = np.full(n, "", dtype=object)
+        mean = np.full(n, np.nan)
+        std = np.full(n, np.nan)
+        for start in range(0, min(n, len(images)), _CHUNK):
+            block = np.asarray(images[start:min(start + _CHUNK, n)])
             flat = block.reshape(len(block), -1).astype(np.float32)
             mean[start:start + len(block)] = flat.mean(axis=1)
             std[start:start + len(block)] = flat.std(axis=1)
@@ -96,6 +96,7 @@ def count_tables(table: pd.DataFrame, prepared: PreparedData) -> tuple[pd.DataFr
     counts = []
     splits = []
     for split in SPLITS:
+        images, _ = prepared.split(split)
         labels = table.loc[table.split == split, "label"].to_numpy()
         known = labels[(labels >= 0) & (labels < prepared.num_classes)]
         per_class = np.bincount(known, minlength=prepared.num_classes)
@@ -103,7 +104,8 @@ def count_tables(table: pd.DataFrame, prepared: PreparedData) -> tuple[pd.DataFr
             counts.append({"split": split, "label": label, "class_name": name, "count": int(per_class[label])})
         smallest = per_class.min() if len(per_class) else 0
         ratio = float(per_class.max() / smallest) if smallest else float("inf")
-        splits.append({"split": split, "count": len(labels), "imbalance_ratio": ratio})
+        splits.append({"split": split, "count": len(labels), "images": len(images),
+                       "meta_count": int(prepared.meta["splits"][split]["count"]), "imbalance_ratio": ratio})
     return pd.DataFrame(counts), pd.DataFrame(splits)
 
 
@@ -153,6 +155,8 @@ def expectations(params: Params, prepared: PreparedData) -> dict[str, list[tuple
         ("min_per_class", gxe.ExpectColumnValuesToBeBetween(column="count", min_value=v.min_per_class)),
     ]
     splits = [
+        ("shapes_and_dtypes", gxe.ExpectColumnPairValuesToBeEqual(column_A="images", column_B="count")),
+        ("shapes_and_dtypes", gxe.ExpectColumnPairValuesToBeEqual(column_A="meta_count", column_B="count")),
         ("min_per_class", gxe.ExpectColumnValuesToBeBetween(column="count", min_value=1)),
         ("imbalance_ratio", gxe.ExpectColumnValuesToBeBetween(column="imbalance_ratio", max_value=v.max_imbalance_ratio)),
     ]

@@ -178,3 +178,24 @@ def test_augment_stage_writes_policy_stats_preview(tmp_path, monkeypatch):
     assert img.mode == "RGB" and min(img.size) >= 64
     assert not list(out.glob(".*tmp"))
     assert aug.load_stats(layout).mean == tuple(stats["mean"])
+
+
+def test_fused_crop_flip_is_a_crop_then_maybe_a_mirror():
+    x = batch().float()
+    for mode in ("zeros", "reflect"):
+        y = aug.random_crop_flip(x, 4, gen(), mode)
+        padded = aug.pad(x, 4, mode)
+        mirrored = 0
+        for i in range(N):
+            crops = [padded[i, :, dy : dy + H, dx : dx + W] for dy in range(9) for dx in range(9)]
+            plain = any(torch.equal(cr, y[i]) for cr in crops)
+            flipped = any(torch.equal(cr.flip(2), y[i]) for cr in crops)
+            assert plain or flipped
+            mirrored += flipped and not plain
+        assert 0 < mirrored < N
+    assert torch.equal(aug.random_crop_flip(x, 0, gen(), flip=False), x)
+
+
+def test_reflect_pad_matches_torch():
+    x = batch().float()
+    assert torch.equal(aug.pad(x, 4, "reflect"), torch.nn.functional.pad(x, (4,) * 4, mode="reflect"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.ensemble import ensemble, ensemble_logits, fit_weights, greedy_selection, hard_vote, soft_vote
-from tasks.evaluate import softmax
+from tasks.evaluate import logits_file, softmax
 from tasks.files import save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import load_params
@@ -87,14 +87,14 @@ def test_stage_reads_saved_logits_and_writes_the_choice(tmp_path):
     layout = Layout(tmp_path)
     (val, vl), (test, tl) = _members(5, n=120), _members(6, n=80)
     for arch, v, t in zip(["knn", "linear"], val, test):
-        save_npy(layout.eval(arch) / "val_logits.npy", v.astype(np.float32))
-        save_npy(layout.eval(arch) / "test_logits.npy", t.astype(np.float32))
-        save_npy(layout.eval(arch) / "val_labels.npy", vl)
-        save_npy(layout.eval(arch) / "test_labels.npy", tl)
+        save_npy(logits_file(layout.eval(arch), "val"), v.astype(np.float32))
+        save_npy(logits_file(layout.eval(arch), "test"), t.astype(np.float32))
+        save_npy(logits_file(layout.eval(arch), "val", "labels"), vl)
+        save_npy(logits_file(layout.eval(arch), "test", "labels"), tl)
         write_json(layout.eval(arch) / "report.json", {"classes": ["q", "r", "s", "t"]})
     summary = ensemble(_params(tmp_path, "ensemble.method=soft"), layout)  # lenet5 has no logits: skipped
     assert summary["method"] == "soft" and set(summary["members"]) == {"knn", "linear"}
-    saved = json.loads((layout.ensemble / "ensemble.json").read_text())
+    saved = json.loads((layout.ensemble / "members.json").read_text())
     assert saved["classes"] == ["q", "r", "s", "t"] and saved["chosen"]["method"] == "soft"
     assert np.load(layout.ensemble / "val_probs.npy").shape == (120, 4)
     # asking for a member that was never evaluated is a clear error

@@ -89,12 +89,13 @@ def test_evaluate_on_digits(tmp_path_factory):
     assert 0 <= metrics["val"]["ece"] < 1 and metrics["val"]["nll"] > 0
     assert "val_tta" in metrics and metrics["val_tta"]["accuracy"] > 0.5
     assert metrics["params"] == 16 * 16 * 10 + 10 and metrics["flops"] == 2 * 256 * 10
-    assert metrics["speed"]["latency_ms"] > 0 and metrics["speed"]["throughput"] > 0
-    for name in ("val_logits.npy", "test_logits.npy", "val_labels.npy", "confusion_val.png",
-                 "confusion_test_normalized.png", "reliability_val.png", "report.json"):
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["latency_ms"] > 0 and speed["throughput"] > 0 and "speed" not in metrics
+    for name in ("logits/val_logits.npy", "logits/test_logits.npy", "logits/val_labels.npy", "plots/confusion_val.png",
+                 "plots/confusion_test_normalized.png", "plots/reliability_val.png", "report.json"):
         assert (out / name).exists(), name
-    logits = np.load(out / "val_logits.npy")
-    labels = np.load(out / "val_labels.npy")
+    logits = np.load(out / "logits/val_logits.npy")
+    labels = np.load(out / "logits/val_labels.npy")
     assert logits.shape == (len(labels), 10)
     assert float((logits.argmax(1) == labels).mean()) == pytest.approx(metrics["val"]["accuracy"])
     report = json.loads((out / "report.json").read_text())

@@ -19,8 +19,11 @@ from tasks.params import load_params
 from imagetree import (idx_arrays, image_bytes, tree_files, write_cifar, write_idx, write_tar, write_tree,
                        write_zip)
 
-SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "datasets"
-SHARED = Path(os.environ.get("ZOOFLOW_DATASETS", SHARED if SHARED.exists() else "/work/shared/datasets"))
+ROOT = Path(__file__).resolve().parents[1]
+# the shared real datasets sit at ../shared/datasets beside the project (or beside its worktree folder)
+SHARED = next((p for p in [*([Path(os.environ["ZOOFLOW_DATASETS"])] if os.environ.get("ZOOFLOW_DATASETS") else []),
+                           ROOT.parent / "shared" / "datasets", ROOT.parents[1] / "shared" / "datasets"]
+               if p.is_dir()), ROOT.parent / "shared" / "datasets")
 
 
 def run(root: Path, *overrides: str) -> tuple[dict, object]:
@@ -249,3 +252,13 @@ def test_exif_orientation_is_applied(tmp_path):
     upright = np.asarray(Image.open(io.BytesIO(buf.getvalue())).transpose(Image.Transpose.ROTATE_270)
                          .resize((40, 40), Image.Resampling.BICUBIC))
     assert np.abs(image.astype(int) - upright.astype(int)).mean() < 1.0
+
+
+def test_same_bytes_in_another_clone(tmp_path):
+    """A relative data.path resolves against the project: two clones prepare identical files."""
+    for clone in ("a", "b"):
+        (tmp_path / clone / "raw").mkdir(parents=True)
+        write_tar(tmp_path / clone / "raw" / "ds.tar", tree_files(per_class=6))
+        run(tmp_path / clone, "data.source=archive", "data.path=raw/ds.tar")
+    assert prepared_bytes(tmp_path / "a") == prepared_bytes(tmp_path / "b")
+    assert load_prepared(tmp_path / "a" / "data" / "prepared").meta["source"]["path"] == "raw/ds.tar"

@@ -20,15 +20,16 @@ def test_leaderboard_files_and_order(tmp_path):
     for arch, acc, n in (("knn", 0.95, 0), ("linear", 0.97, 2570)):
         write_json(layout.eval(arch) / "metrics.json", {
             "val": {"accuracy": acc, "nll": 0.2, "ece": 0.03}, "test": {"accuracy": acc - 0.01},
-            "params": n, "flops": 5000 + n, "speed": {"latency_ms": 0.3}})
+            "params": n, "flops": 5000 + n})
+        write_json(layout.eval(arch) / "speed.json", {"latency_ms": 0.3})
         write_json(layout.train(arch) / "train.json", {"train_seconds": 2.0})
-    write_json(layout.ensemble / "ensemble.json", {"chosen": {
+    write_json(layout.ensemble / "members.json", {"chosen": {
         "method": "soft", "weights": {"knn": 0.5, "linear": 0.5}, "val": {"accuracy": 0.98, "nll": 0.1, "ece": 0.02},
         "test": {"accuracy": 0.975}}})
     rows = leaderboard(params, layout)
     assert [r["arch"] for r in rows] == ["ensemble:soft", "linear", "knn", "lenet5"]
     assert rows[-1]["status"] == "not trained" and rows[0]["params"] == 2570
-    assert rows[1]["family"] == "baselines"
+    assert rows[1]["family"] == "baselines" and rows[1]["latency_ms"] == 0.3
     for name in ("leaderboard.csv", "leaderboard.md", "accuracy_vs_params.png", "accuracy_vs_flops.png"):
         assert (layout.leaderboard / name).exists(), name
     csv = (layout.leaderboard / "leaderboard.csv").read_text().splitlines()

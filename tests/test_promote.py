@@ -61,7 +61,7 @@ def test_gate_moves_keeps_and_audits(state):
         assert e["when"] and e["why"] and e["by"] and "min_delta" in e["metrics"]
     assert history[1]["metrics"]["challenger_val_accuracy"] == history[1]["metrics"]["staging_val_accuracy"]
     assert "move" in format_history(history)
-    assert (state.layout.register / "promotion.json").exists()
+    assert (state.layout.register / "promoted.json").exists()
 
 
 def test_manual_promotion_refuses_bad_versions(state):

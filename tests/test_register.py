@@ -48,7 +48,7 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
     assert mv.tags["zooflow.kind"] == summary["kind"] and mv.tags["zooflow.candidate"] == summary["candidate"]
     assert summary["candidate"] == best_candidate(candidates(state.params, state.layout))["name"]
     assert "zooflow.source_runs" in mv.tags and mv.tags["zooflow.git_commit"]
-    assert json.loads((state.layout.register / "registration.json").read_text())["version"] == summary["version"]
+    assert json.loads((state.layout.register / "registered.json").read_text())["version"] == summary["version"]
     assert len(mv.tags["zooflow.data_sha256"]) == 64
 
 

@@ -1,5 +1,5 @@
 """Server mode: register, promote, history and load against a real `mlflow server` on 127.0.0.1,
-through a proxy that fails every fourth request with a 503 (transient errors are retried); then
+through a proxy that fails every sixth request with a 503 (transient errors are retried); then
 the server is stopped and the same calls fail with a clear message, registering nothing."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailers", "upgra
 
 
 @contextlib.contextmanager
-def flaky_proxy(upstream_port: int, every: int = 4):
-    """An HTTP proxy to 127.0.0.1:`upstream_port` that answers 503 to every `every`-th request."""
+def flaky_proxy(upstream_port: int, every: int = 4, refuse: str | None = None):
+    """An HTTP proxy to 127.0.0.1:`upstream_port` that answers 503 to every `every`-th request
+    (0: none), and to every request whose path contains `refuse`."""
     counts = {"requests": 0, "503": 0}
     lock = threading.Lock()
 
@@ -42,7 +43,7 @@ def flaky_proxy(upstream_port: int, every: int = 4):
             body = self.rfile.read(length) if length else None
             with lock:
                 counts["requests"] += 1
-                fail = counts["requests"] % every == 0
+                fail = (every and counts["requests"] % every == 0) or (refuse is not None and refuse in self.path)
                 counts["503"] += fail
             if fail:
                 self.send_response(503)
@@ -89,7 +90,7 @@ def test_server_mode_retries_and_dead_server(tmp_path_factory):
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     images, labels = load_prepared(state.layout.prepared).split("val")
     with service(cmd, f"http://127.0.0.1:{port}/health", folder, env, timeout=240):
-        with flaky_proxy(port) as (proxy_port, counts):
+        with flaky_proxy(port, every=6) as (proxy_port, counts):
             params = make_params(state.root, "register.model_name=digits-server", "mlflow.experiment=server",
                                  f"mlflow.tracking_uri=http://127.0.0.1:{proxy_port}", "mlflow.http_retries=4")
             with chdir(state.root):
@@ -103,6 +104,13 @@ def test_server_mode_retries_and_dead_server(tmp_path_factory):
             predicted = model.predict(np.ascontiguousarray(images))["label"].to_numpy()
             assert np.mean(predicted == labels) > 0.85
             assert counts["503"] >= 3, counts  # transient errors happened, and were retried
+        # the server fails for good while the new version gets its alias: the version is removed again
+        with flaky_proxy(port, every=0, refuse="registered-models/alias") as (proxy_port, counts):
+            broken = make_params(state.root, "register.model_name=digits-server", "mlflow.experiment=server",
+                                 f"mlflow.tracking_uri=http://127.0.0.1:{proxy_port}", "mlflow.http_retries=1")
+            with chdir(state.root), pytest.raises(UserError, match="failed while registering"):
+                register_arch(state, "linear", params=broken)
+            assert counts["503"] >= 2  # the alias call, retried
         # the registry on the server holds exactly that one version
         direct = make_params(state.root, "register.model_name=digits-server",
                              f"mlflow.tracking_uri=http://127.0.0.1:{port}")

@@ -60,3 +60,11 @@ def test_models_serve_answers_a_post_with_labels(tmp_path_factory):
     assert np.mean(predicted == labels[:40]) > 0.8
     assert all(p["class_name"] == state.classes[p["label"]] for p in predictions)
     assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 for p in predictions)
+
+
+def test_uint8_is_always_scaled_and_float_in_unit_range_is_not():
+    ones = np.ones((1, 4, 4, 1), dtype=np.uint8)  # a dark uint8 image: 1/255, not 1.0
+    x = preprocess(ones, image_size=4, channels=1, mean=[0.0], std=[1.0])
+    assert torch.allclose(x, torch.full_like(x, 1 / 255))
+    unit = np.full((1, 4, 4, 1), 0.5, dtype=np.float32)
+    assert torch.allclose(preprocess(unit, image_size=4, channels=1, mean=[0.0], std=[1.0]), torch.tensor(0.5))

@@ -210,3 +210,23 @@ def test_unknown_device_is_clear():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="cuda"):
         tr.pick_device("cuda")
+
+
+@pytest.mark.parametrize("arch", ["knn", "lenet5"])
+def test_real_zoo_architectures_train_and_reload(tmp_path, monkeypatch, arch):
+    """The registry's own models through the engine: the fit path and a plain CNN. (GoogLeNet's
+    (logits, aux2, aux1) contract is covered by TinyAux: the real one costs a minute on 2 cores.)"""
+    if arch not in models.available():
+        pytest.skip(f"{arch} not in this zoo")
+    d = make_data(n_train=24, n_val=8, size=32, channels=1 if arch == "lenet5" else 3)
+    monkeypatch.setattr(aug, "prepared", lambda layout: d)
+    options = {"googlenet": {"variant": "imagenet"}}.get(arch, {})
+    params = make_params(arch, epochs=1, batch_size=8, max_steps_per_epoch=1, model_options={arch: options})
+    layout = Layout(tmp_path)
+    summary = tr.train(params, layout, arch)
+    assert summary["best_epoch"] == 0
+    model = tr.load_trained(params, layout, arch)
+    x = aug.normalize(aug.to_nchw(d.split("val")[0]), [0.3] * d.meta["channels"], [0.3] * d.meta["channels"])
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (8, 4)

@@ -179,3 +179,12 @@ def test_train_tracked_logs_to_mlflow(tmp_path, data, monkeypatch):  # noqa: F81
     second = tracking.arch_run_id(Layout(tmp_path), "test_tiny")
     assert second != run_id
     assert sorted(m.step for m in tracking.client(params).get_metric_history(second, "val_acc")) == [0, 1]
+
+
+def test_per_architecture_override_is_used(tmp_path, data):  # noqa: F811
+    params = make_params(epochs=1, overrides={"test_tiny": {"optimizer": {"name": "adam", "lr": 0.003}, "epochs": 2}})
+    summary = tr.train(params, Layout(tmp_path), "test_tiny")
+    ckpt = torch.load(Layout(tmp_path).train("test_tiny") / "checkpoint.pt", weights_only=True)
+    assert summary["epochs_run"] == 2
+    assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))
+    assert ckpt["optimizer"]["param_groups"][0]["base_lr"] == 0.003

@@ -133,3 +133,11 @@ def test_duplicates_within_split(prepared, tmp_path):
         validate(params_for(tmp_path), prepared)
     summary = validate(params_for(tmp_path, "validate.max_duplicate_fraction=0.5"), prepared)
     assert summary["success"] and summary["warnings"] == 0
+
+
+def test_images_without_labels_fail(prepared, tmp_path):
+    labels = np.load(prepared.prepared / "val_labels.npy")
+    np.save(prepared.prepared / "val_labels.npy", labels[:-1])
+    with pytest.raises(DataError, match="shapes_and_dtypes") as err:
+        validate(params_for(tmp_path), prepared)
+    assert "expect_column_pair_values_to_be_equal" in str(err.value) and "split=val" in str(err.value)
