@@ -7,6 +7,8 @@ the shortcut is added. The SE unit is torchvision.ops.SqueezeExcitation (1x1 con
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import SqueezeExcitation
@@ -21,9 +23,9 @@ REDUCTION = 16
 class SEBasicBlock(BasicBlock):
     """CIFAR basic block whose residual branch is recalibrated by an SE unit."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, **kwargs) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, reduction: int = REDUCTION, **kwargs) -> None:
         super().__init__(in_planes, planes, stride, **kwargs)
-        self.se = SqueezeExcitation(planes, max(1, planes // REDUCTION))
+        self.se = SqueezeExcitation(planes, max(1, planes // reduction))
 
     def residual(self, x: Tensor) -> Tensor:
         return self.se(super().residual(x))
@@ -47,9 +49,12 @@ class SEBottleneck(Bottleneck):
 
 def _cifar(depth: int) -> None:
     def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
-                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
+                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1,
+                reduction: int = REDUCTION) -> nn.Module:
+        """`reduction` r of the excitation (Table 5 of the paper compares 2 ... 32)."""
         # Projection (option B) shortcuts where the shape changes, as the common reimplementation.
-        return CifarResNet(depth, num_classes, in_channels, block=SEBasicBlock, widths=tuple(widths), shortcut="B",
+        block = partial(SEBasicBlock, reduction=reduction)
+        return CifarResNet(depth, num_classes, in_channels, block=block, widths=tuple(widths), shortcut="B",
                            stem_stride=stem_stride)
 
     builder.__doc__ = f"CIFAR SE-ResNet-{depth}: ResNet-{depth} with SE (r=16) in every block."
