@@ -114,6 +114,35 @@ def test_retries_only_transient_errors(project, prefect_harness, kind, fail_time
     assert states["flaky"] == final
 
 
+def test_backoff_doubles_and_stage_timeouts_come_from_params(project):
+    params = load_params("params.yaml", ["orchestration.retries=3", "orchestration.retry_delay_seconds=5",
+                                         "orchestration.timeout_seconds={flaky: 90}"])
+    configured_task = configured(flaky, params, Layout())
+    assert configured_task.retries == 3
+    assert configured_task.retry_delay_seconds == [5, 10, 20]
+    assert configured_task.timeout_seconds == 90
+
+
+@task(name="sleepy")
+def sleepy(params, layout) -> str:
+    import time
+
+    for _ in range(300):  # 30 s, in steps the timeout can interrupt
+        time.sleep(0.1)
+    return "woke"
+
+
+@flow
+def sleeping():
+    params = load_params("params.yaml", ["orchestration.retries=0", "orchestration.timeout_seconds={sleepy: 2}"])
+    return configured(sleepy, params, Layout()).submit(params, Layout()).wait()
+
+
+def test_a_stage_past_its_timeout_fails(project, prefect_harness):
+    state = sleeping(return_state=True)
+    assert task_states(state.state_details.flow_run_id)["sleepy"] == "TimedOut"
+
+
 # --------------------------------------------------------------------------- isolation
 
 
@@ -174,6 +203,8 @@ def test_dask_runner_gives_the_sequential_leaderboard(project, prefect_harness, 
         assert dask[arch]["val_acc"] == sequential[arch]["val_acc"], arch
         assert dask[arch]["test_acc"] == sequential[arch]["test_acc"], arch
         assert dask[arch]["val_nll"] == pytest.approx(sequential[arch]["val_nll"], rel=1e-6), arch  # same weights
+    # The workers ran this checkout's code (not another install of zooflow on the machine).
+    assert (project / "outputs" / "eval" / "lenet5" / "metrics.json").exists()
     # The workers wrote into the project (absolute Layout) and logged to the same MLflow store.
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("zooflow").experiment_id], "tags.`zooflow.arch` = 'lenet5'"
