@@ -71,3 +71,15 @@ def test_every_section_dvc_tracks_is_in_params_yaml(project):
             for part in key.split("."):
                 assert part in node, f"dvc.yaml stage {name} tracks {key}, absent from params.yaml"
                 node = node[part]
+
+
+def test_readme_params_reference_is_current():
+    """The README's params reference is the schema's, every key with its default and a description."""
+    from tasks.params import reference_markdown, reference_rows
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- params:begin -->\n", 1)[1].split("\n<!-- params:end -->", 1)[0]
+    assert block == reference_markdown(), "run `zooflow params --reference` and paste it into README.md"
+    undocumented = [key for key, _, text in reference_rows() if not text]
+    assert not undocumented, f"params without a description: {undocumented}"
