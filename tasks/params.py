@@ -24,7 +24,7 @@ class Section(BaseModel):
 class DataParams(Section):
     source: Literal[
         "digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder", "archive", "idx", "csv"
-    ] = "digits"
+    ] = Field("digits", description="where the images come from; digits: the embedded default")
     path: str | None = Field(None, description="folder, archive, IDX folder, CSV manifest, or torchvision root")
     download: bool = Field(False, description="torchvision sources: download when `path` lacks the files")
     classes: list[str] | None = Field(
@@ -34,9 +34,11 @@ class DataParams(Section):
     channels: Literal[1, 3] | None = Field(None, description="1 or 3; null keeps the source's own")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share, for sources without a test split")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="stratified val share carved from train")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the stratified val/test draws")
     limit_per_class: int | None = Field(None, ge=1, description="keep at most this many images per class and split")
-    on_bad_file: Literal["skip", "fail"] = "skip"
+    on_bad_file: Literal["skip", "fail"] = Field(
+        "skip", description="a bad file: skip it (listed in the manifest) or fail the run"
+    )
     max_image_pixels: int = Field(89_478_485, ge=1, description="larger images are refused (decompression bombs)")
     workers: int = Field(0, ge=0, description="decoding processes; 0: all cores")
 
@@ -147,7 +149,11 @@ class ScheduleParams(Section):
 
 
 class TrainParams(Section):
-    architectures: list[str] = Field(default_factory=lambda: ["knn", "lenet5", "resnet20"], min_length=1)
+    architectures: list[str] = Field(
+        default_factory=lambda: ["knn", "lenet5", "resnet20"],
+        min_length=1,
+        description="the zoo to train, by name (`zooflow zoo` lists them)",
+    )
     epochs: int = Field(15, ge=1, description="passes over the train split")
     batch_size: int = Field(128, ge=1, description="images per step (the ragged last batch of an epoch is dropped)")
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
@@ -222,7 +228,12 @@ class EnsembleParams(Section):
 
 
 class RegisterParams(Section):
-    model_name: str = Field("digits-classifier", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    model_name: str = Field(
+        "digits-classifier",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="the registered model in the MLflow registry",
+    )
     min_delta: float = Field(0.0, ge=0, description="val accuracy the challenger must gain over staging")
     candidates: Literal["all", "single", "ensemble"] = Field(
         "all", description="what may be registered: the best single model, the ensemble, or the best of both"
@@ -231,7 +242,7 @@ class RegisterParams(Section):
 
 class MlflowParams(Section):
     tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    experiment: str = "zooflow"
+    experiment: str = Field("zooflow", description="MLflow experiment of the runs")
     http_retries: int = Field(3, ge=0, description="retries of a transient HTTP error (server mode)")
     http_timeout: int = Field(30, ge=1, description="seconds before an HTTP request to the server fails")
 
@@ -247,7 +258,7 @@ class OrchestrationParams(Section):
     )
     cache: bool = Field(True, description="skip stages whose inputs (data, params, code) are unchanged")
     retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
-    retry_delay_seconds: float = Field(5.0, ge=0)
+    retry_delay_seconds: float = Field(5.0, ge=0, description="first retry delay; doubles on each retry")
     timeout_seconds: dict[str, float] = Field(
         default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
     )
@@ -258,8 +269,8 @@ warnings.filterwarnings("ignore", message='Field name "register" in "Params" sha
 
 
 class Params(Section):
-    seed: int = 0
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    seed: int = Field(0, description="seed of training and augmentation: same seed, same metrics")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA, else MPS, else CPU")
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     augment: AugmentParams = Field(default_factory=AugmentParams)
@@ -341,9 +352,16 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(f"{path}: {_format(exc)}") from None
+    # Recipes for architectures not in this run's list are kept, not refused (`-S train.architectures=
+    # [knn]` narrows a run), but a name that is no architecture at all is a typo.
+    import models
+
+    known = models.available()
+    for section in ("overrides", "model_options"):
+        for arch in getattr(params.train, section):
+            if arch not in known:
+                raise ParamsError(f"{path}: train.{section}.{arch}: unknown architecture; `zooflow zoo` lists them")
     for arch in params.train.overrides:
-        if arch not in params.train.architectures:
-            raise ParamsError(f"{path}: train.overrides.{arch}: not in train.architectures")
         params.train.for_arch(arch)
     return params
 

@@ -83,3 +83,10 @@ def test_readme_params_reference_is_current():
     assert block == reference_markdown(), "run `zooflow params --reference` and paste it into README.md"
     undocumented = [key for key, _, text in reference_rows() if not text]
     assert not undocumented, f"params without a description: {undocumented}"
+
+
+def test_recipes_for_other_architectures_do_not_block_a_narrower_run(project):
+    params = load_params("params.yaml", ["train.architectures=[knn]", "train.overrides={lenet5: {epochs: 2}}"])
+    assert params.train.architectures == ["knn"]
+    with pytest.raises(ParamsError, match="train.overrides.lenett5: unknown architecture"):
+        load_params("params.yaml", ["train.overrides={lenett5: {epochs: 2}}"])
