@@ -8,7 +8,7 @@ step without warm-up, batch 128, random crop with 4 px zero padding, no flip; on
 
 Measured (torch 2.14 CPU, ONE thread, on a 2-core machine shared with ~8 other busy processes;
 "CPU s" is this process's CPU time, wall was 2-4x that under the load; each CNN needs >= 90 %,
-ViT/CoAtNet >= 80 %): see the table in the zoo branch report. Sum over the zoo ~360 CPU s.
+ViT/CoAtNet >= 80 %): see the table in the zoo branch report. Sum over the zoo ~320 CPU s.
 kNN 98.0, kNN-L1 98.2, Bayes 91.8, linear 90.0, MLP 97.3, LeNet-5 97.6, AlexNet 98.2, ZFNet 96.2,
 VGG-11-BN 99.6, GoogLeNet 95.1, ResNet-20 97.1, PreAct-18 98.0, WRN-10-2 97.8, ResNeXt-11 96.9,
 ResNet-20-SD 95.6, SE-ResNet-20 98.2, DenseNet-BC-22 98.2, MobileNet 92.2, EfficientNet 93.6,
