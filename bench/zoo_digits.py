@@ -1,12 +1,20 @@
 """One small variant of every family on the embedded digits, plain torch: does each reach the
 accuracy bar within its CPU budget?
 
-Claim (fill in from the last run; see RECIPES): 1,797 sklearn 8x8 digits upsampled to 32x32 (torch
-bilinear, antialias), 1 channel, 10 classes, stratified 75/25 split (1,347 train / 450 test, seed 0),
-SGD momentum 0.9 (AdamW for the transformers), cosine schedule, batch 128, random crop pad 4, no
-flip. Each CNN >= 90 % test accuracy, ViT and CoAtNet >= 80 %, in ~20-30 s of 2 shared CPU cores.
+Setup: 1,797 sklearn 8x8 digits (x16 as uint8) upsampled to 32x32 (torch bilinear, antialias),
+1 channel, 10 classes, stratified 75/25 split (1,347 train / 450 test, seed 0), normalised with the
+train mean/std; SGD momentum 0.9 wd 5e-4 (AdamW wd 0.05 where RECIPES says so), cosine schedule per
+step without warm-up, batch 128, random crop with 4 px zero padding, no flip; one seed.
 
-Usage: python bench/zoo_digits.py [name ...]     (default: every recipe)
+Measured (torch 2.14 CPU, ONE thread, on a 2-core machine shared with ~8 other busy processes;
+"CPU s" is this process's CPU time, wall was 2-4x that under the load; each CNN needs >= 90 %,
+ViT/CoAtNet >= 80 %): see the table in the zoo branch report. Sum over the zoo ~320 CPU s.
+kNN 98.0, kNN-L1 98.2, Bayes 91.8, linear 90.0, MLP 97.3, LeNet-5 97.6, AlexNet 98.2, ZFNet 96.2,
+VGG-11-BN 99.6, GoogLeNet 95.1, ResNet-20 97.1, PreAct-18 98.0, WRN-10-2 97.8, ResNeXt-11 96.9,
+ResNet-20-SD 95.6, SE-ResNet-20 98.2, DenseNet-BC-22 98.2, MobileNet 92.2, EfficientNet 93.6,
+deformable ResNet-20 96.0, ViT 84.9, CoAtNet 93.6 (% test accuracy).
+
+Usage: python bench/zoo_digits.py [name ...]     (default: every recipe; ZOO_THREADS=2 for two threads)
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ RECIPES: dict[str, dict] = {
     "mobilenet_v1": dict(options=dict(alpha=0.25, stem_stride=2), epochs=15, lr=0.2),
     "efficientnet_b0": dict(options=dict(width_mult=0.25, depth_mult=0.34, variant="imagenet",
                                          stochastic_depth_prob=0.0, dropout=0.0),
-                            epochs=12, lr=3e-3, optimizer="adamw", weight_decay=0.05),
+                            epochs=13, lr=5e-3, optimizer="adamw", weight_decay=0.05),
     "deform_resnet20": dict(options=dict(widths=(8, 16, 32), stem_stride=2), epochs=10, lr=0.05),
     "vit_tiny_patch4": dict(options=dict(patch_size=8, num_layers=4, hidden_dim=96, num_heads=3, mlp_dim=192),
                             epochs=22, lr=3e-3, optimizer="adamw", weight_decay=0.05),
