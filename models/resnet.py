@@ -65,7 +65,20 @@ class BasicBlock(nn.Module):
         return F.relu(out)
 
 
-class CifarResNet(nn.Module):
+class CifarStages(nn.Module):
+    """The CIFAR layout of the ResNet family (He et al. 2015, Sec. 4.2): a 3x3 conv stem, three
+    stages `layer1..3` at falling resolution, global average pooling, `fc`. Subclasses build them."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+class CifarResNet(CifarStages):
     """conv3x3(16) -> 3 stages of n blocks at 32x32, 16x16, 8x8 with 16, 32, 64 filters -> global
     average pool -> fc. Depth 6n+2.
 
@@ -99,13 +112,6 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(in_planes, num_classes)
         init_conv_bn(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
 
 
 def adapt_stem(model: tv.ResNet, in_channels: int, small: bool) -> tv.ResNet:

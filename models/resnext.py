@@ -8,18 +8,17 @@ of three bottlenecks whose outputs are 256, 512, 1024 and whose group width doub
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from models.blocks import conv1x1, conv3x3, init_conv_bn
 from models.registry import register
-from models.resnet import imagenet_resnet
+from models.resnet import CifarStages, imagenet_resnet
 
 PAPER = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks (2017)"
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(CifarStages):
     def __init__(self, cardinality: int, base_width: int, num_classes: int, in_channels: int = 3,
                  depth: int = 29, stem_width: int = 64, widths: tuple[int, ...] = (64, 128, 256),
                  stem_stride: int = 1) -> None:
@@ -43,14 +42,6 @@ class CifarResNeXt(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(in_planes, num_classes)
         init_conv_bn(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
 
 
 def _cifar(cardinality: int, width: int) -> None:
