@@ -15,7 +15,7 @@ from tasks.ensemble import ensemble_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.layout import Layout
-from tasks.leaderboard import format_leaderboard, leaderboard_task
+from tasks.leaderboard import leaderboard_task
 from tasks.orchestration import configured, mlflow_runs_artifact, task_runner
 from tasks.params import Params, load_params
 from tasks.promote import promote_task
@@ -70,7 +70,6 @@ def zoo_pipeline(
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
     mlflow_runs_artifact(params, layout, parent)
 
-    logger.info("leaderboard:\n%s", format_leaderboard(rows))
     summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
     if failed and params.orchestration.fail_fast:
         raise RuntimeError(f"{len(failed)} architecture(s) failed: {', '.join(sorted(failed))}")
