@@ -32,7 +32,7 @@ def test_override_for_one_arch_keeps_the_others(project):
     stages = [("train", "lenet5"), ("train", "resnet20")]
     base = ["train.architectures=[lenet5, resnet20]"]
     before = keys(base, stages)
-    after = keys(base + ["train.overrides={resnet20: {epochs: 2}}"], stages)
+    after = keys(base + ["train.overrides.resnet20.epochs=2"], stages)
     assert before[("train", "lenet5")] == after[("train", "lenet5")]
     assert before[("train", "resnet20")] != after[("train", "resnet20")]
 
