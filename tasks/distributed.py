@@ -56,6 +56,7 @@ def init(device: torch.device) -> torch.device:
     """Join the process group torchrun set up; the device this rank trains on."""
     if not launched():
         return device
+    die_with_parent()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -64,6 +65,21 @@ def init(device: torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     return device
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this rank when torchrun dies. torchrun starts each rank in a session of its
+    own, so a torchrun killed outright (SIGKILL, the OOM killer, a cancelled run) would otherwise leave
+    its ranks blocked in a collective for the whole process-group timeout, holding memory and GPUs."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def shutdown() -> None:

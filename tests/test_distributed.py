@@ -58,6 +58,20 @@ def train_cmd() -> list[str]:
     return cmd
 
 
+def ranks_alive(project: Path) -> list[int]:
+    """Processes of this test's training run: a `flows.cli` working in `project`, not pytest itself."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.readlink(entry / "cwd") == str(project.resolve()) and b"flows.cli" in (entry / "cmdline").read_bytes():
+                alive.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return alive
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ddp_gloo_two_processes_trains_and_resumes(project, tmp_path):
@@ -87,6 +101,13 @@ def test_ddp_gloo_two_processes_trains_and_resumes(project, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         proc.stdout.close()
+    # torchrun died outright; its ranks (each in a session of its own) must not outlive it.
+    deadline = time.monotonic() + 30
+    while (orphans := ranks_alive(project)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"ranks outlived the killed torchrun: {orphans}"
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
     assert not (out / "train.json").exists()
