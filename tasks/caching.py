@@ -70,8 +70,11 @@ def stage_inputs(stage: str, params: Params, layout: Layout, arch: str | None = 
 
 
 def cache_key(stage: str, params: Params, layout: Layout, arch: str | None = None) -> str:
+    # The project folder is part of the key: Prefect keeps cache records in one store per user
+    # (~/.prefect/storage), and another clone's outputs are not this one's.
     blob = json.dumps(
-        {"stage": stage, "code": code_version(), **stage_inputs(stage, params, layout, arch)},
+        {"stage": stage, "code": code_version(), "project": layout.root.as_posix(),
+         **stage_inputs(stage, params, layout, arch)},
         sort_keys=True,
         default=str,
     )

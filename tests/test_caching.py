@@ -43,3 +43,12 @@ def test_new_data_invalidates_training(project):
     before = cache_key("train", params, Layout(), "lenet5")
     ingest(load_params("params.yaml", ["data.split_seed=1"]), Layout())
     assert cache_key("train", params, Layout(), "lenet5") != before
+
+
+def test_same_inputs_in_another_project_folder_is_not_a_cache_hit(project, tmp_path):
+    # Prefect keeps cache records per user, not per folder: a second clone with the same data and
+    # params must train for itself rather than report "Cached" over outputs it does not have.
+    params = load_params("params.yaml")
+    here = cache_key("train", params, Layout(), "lenet5")
+    assert cache_key("train", params, Layout(tmp_path / "clone"), "lenet5") != here
+    assert cache_key("train", params, Layout(), "lenet5") == here
