@@ -76,6 +76,9 @@ def configure_torch(tp: TrainParams, device: torch.device) -> None:
     if tp.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
+        # memory: a debugging aid that costs ~4 % of a small CPU model's step, not needed for equality.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.use_deterministic_algorithms(False)
     if device.type == "cuda":
@@ -107,7 +110,10 @@ def autocast(tp: TrainParams, device: torch.device):
 
 
 class DeviceData:
-    """One split as uint8 NCHW where training wants it: on the device, in RAM, or memory-mapped."""
+    """One split as uint8 NCHW where training wants it: on the device, in RAM, or memory-mapped.
+
+    Planar, not channels_last: the crop's gather and the per-channel normalisation are 1.5-2x faster
+    on planes (1.3-1.8x, measured on CPU); the one float batch is converted for a channels_last model after."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, placement: str = "auto"):
         self.device = device
@@ -135,9 +141,9 @@ class DeviceData:
             x = aug.to_nchw(np.asarray(self.mmap[idx.numpy()])).to(self.device, non_blocking=True)
         elif self.images.device == self.device:
             idx = idx.to(self.device)
-            x = self.images[idx]
+            x = self.images.index_select(0, idx)
         else:
-            x = self.images[idx.cpu()].to(self.device, non_blocking=True)
+            x = self.images.index_select(0, idx.cpu()).to(self.device, non_blocking=True)
         return x, self.labels[idx.to(self.device)]
 
 
@@ -187,13 +193,11 @@ def evaluate(model: nn.Module, data: DeviceData, mean, std, batch_size: int, tp:
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    channels_last = use_channels_last(tp, device)
+    layout = torch.channels_last if use_channels_last(tp, device) else torch.contiguous_format
     for start in range(0, data.n, batch_size):
         idx = torch.arange(start, min(start + batch_size, data.n), device=device)
         xb, yb = data.batch(idx)
-        x = aug.normalize(xb, mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = aug.normalize(xb, mean, std).contiguous(memory_format=layout)
         with autocast(tp, device):
             out = model(x)
         if isinstance(out, (tuple, list)):
@@ -466,7 +470,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         except Exception as exc:  # no compiler here: eager is still correct
             print(f"[train {arch}] torch.compile unavailable ({exc}); running eager", file=sys.stderr)
 
-    channels_last = use_channels_last(tp, device)
+    layout = torch.channels_last if use_channels_last(tp, device) else torch.contiguous_format
     progress = Progress(tp.progress if main else "off", arch, tp.epochs)
     smoothing = tp.label_smoothing
     for epoch in range(start_epoch, tp.epochs):
@@ -492,8 +496,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         for i in range(steps):
             xb, yb = train_data.batch(perm[i * bs : (i + 1) * bs])
             x, targets = augmenter(xb, yb, g_dev)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=layout)
             lr = schedule.set_lr(optimizer, global_step)
             with autocast(tp, device):
                 output = fwd_model(x)
