@@ -12,20 +12,18 @@ padding, horizontal flip, normalise) and number of timed steps, in one process:
 - bare       a plain loop over tensors augmented once in advance: the model's own cost, the
              ceiling for any loader.
 
-Claim (2026-11-22, torch 2.14.1 CPU, AMD EPYC, 2 cores shared with 3 other busy sessions, load
-average 6-9; CIFAR-10 10k-image subset, batch 128, `--threads 1 --rounds 5`):
+Claim (2026-11-22, torch 2.14.1 CPU, 2-core x86_64, quiet machine; CIFAR-10 10k-image subset,
+batch 128, default threads, `--rounds 5`):
 
     model     engine img/s  reference img/s (workers)  bare img/s  engine/ref  engine/bare  per CPU-s (ref / bare)
-    LeNet-5       1971            769 (2)                 1861       2.56x        1.06x        2.68x / 0.99x
-    ResNet-20       92             90 (2)                  111       1.02x        0.83x        1.25x / 1.10x
-    (ResNet-20 median of per-round ratios: 1.08x reference, 0.97x bare)
+    LeNet-5       9267           2668 (0)                 9086       3.47x        1.02x        2.54x / 1.02x
+    ResNet-20      425            345 (0)                  396       1.23x        1.07x        1.19x / 1.07x
 
-Wall-clock on this machine is a lottery (a process gets between a third of a core and a whole
-one), so images per CPU-second (process CPU time, the loader's worker processes included) are
-reported beside it: they measure the work each loop does per image. The engine does the same work
-as the bare loop for LeNet-5 and 10 % less for ResNet-20 (channels_last on CPU). With the default two
-intra-op threads every loop collapses on a shared box (OpenMP threads spin-wait on each other),
-hence `--threads 1` for the claim.
+With `--threads 1` the engine is held to one core while the reference's loader workers take the
+other: LeNet-5 1.47x (2.77x per CPU-second), ResNet-20 1.13x. Images per CPU-second (process CPU
+time, the loader's worker processes included) measure the work each loop does per image; wall-clock
+on a shared machine is a lottery. With two intra-op threads on a busy box every loop can collapse
+(OpenMP threads spin-wait on each other); `train.num_threads` pins it.
 
 The machine may be shared and noisy: the methods are interleaved in rounds (order rotated each
 round) and the ratios are of medians. Run:  python bench/train_speed.py --model lenet5 resnet20
