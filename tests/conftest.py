@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,11 @@ DATASETS = REPO.parent / "shared" / "datasets"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Prefect keeps task cache records in one store per user (~/.prefect/storage): a test session gets
+# its own, so no record from an earlier session (or another checkout) can make a stage "Cached".
+_RESULTS = tempfile.mkdtemp(prefix="zooflow-test-prefect-results-")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = _RESULTS
+atexit.register(shutil.rmtree, _RESULTS, True)
 # Two cores are all CI has; tests must not oversubscribe them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
