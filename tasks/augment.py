@@ -41,13 +41,6 @@ def prepared(layout: Layout):
     return load_prepared(layout.prepared)
 
 
-def meta_value(meta: Any, key: str, default: Any = None) -> Any:
-    """`meta[key]` for a dict, `meta.key` for an object."""
-    if isinstance(meta, dict):
-        return meta.get(key, default)
-    return getattr(meta, key, default)
-
-
 def to_nchw(images: np.ndarray | Tensor) -> Tensor:
     """uint8 NHWC (numpy, possibly memory-mapped) -> contiguous uint8 NCHW tensor."""
     if isinstance(images, np.ndarray):
@@ -468,7 +461,7 @@ def augment(params: Params, layout: Layout) -> dict:
     data = prepared(layout)
     images, labels = data.split("train")
     stats = compute_stats(images)
-    num_classes = int(meta_value(data.meta, "num_classes", int(np.max(labels)) + 1))
+    num_classes = int(data.meta.get("num_classes", int(np.max(labels)) + 1))
     out = layout.augment
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "policy.json", params.augment.model_dump(mode="json"))

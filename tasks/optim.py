@@ -102,10 +102,30 @@ class Schedule:
             f *= p.warmup_start_factor + (1 - p.warmup_start_factor) * step / self.warmup
         return f * self.plateau["mult"]
 
+    def momentum(self, step: int) -> float | None:
+        """One-cycle's momentum (Smith 2018; torch's OneCycleLR): max -> base while lr rises, back to
+        max while it falls, on the same cosine. None for the other schedules."""
+        p = self.p
+        if p.name != "onecycle" or p.onecycle_momentum is None:
+            return None
+        base, peak = p.onecycle_momentum
+        rise = max(1, int(p.onecycle_pct_start * self.total))
+        if step < rise:
+            return peak + (base - peak) * 0.5 * (1 - math.cos(math.pi * step / rise))
+        t = min(1.0, (step - rise) / max(1, self.total - rise))
+        return base + (peak - base) * 0.5 * (1 - math.cos(math.pi * t))
+
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         f = self.factor(step)
+        m = self.momentum(step)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * f
+            if m is None:
+                continue
+            if "betas" in group:  # Adam, AdamW: beta1 is the momentum
+                group["betas"] = (m, group["betas"][1])
+            elif group.get("momentum", 0) > 0:  # momentum 0 was asked for: keep it off
+                group["momentum"] = m
         return optimizer.param_groups[0]["lr"]
 
     def observe(self, val_acc: float) -> None:

@@ -146,6 +146,10 @@ class ScheduleParams(Section):
     onecycle_pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
     onecycle_div: float = Field(25.0, ge=1, description="onecycle: start lr = lr / div")
     onecycle_final_div: float = Field(1e4, ge=1, description="onecycle: final lr = lr / (div * final_div)")
+    onecycle_momentum: tuple[float, float] | None = Field(
+        (0.85, 0.95),
+        description="onecycle: momentum (SGD, RMSprop) or Adam's beta1 cycled inversely to lr, from max to base and back; null: left alone",
+    )
 
 
 class TrainParams(Section):

@@ -291,7 +291,7 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
 
 
-def fingerprint(params: Params, tp: TrainParams, arch: str, meta: Any, stats: aug.Stats) -> str:
+def fingerprint(params: Params, tp: TrainParams, arch: str, meta: dict, stats: aug.Stats) -> str:
     """What a checkpoint was trained with; a resume needs the same."""
     keep = tp.model_dump(mode="json", exclude={"architectures", "overrides", "resume", "progress", "num_threads"})
     keep["model_options"] = tp.model_options.get(arch, {})
@@ -300,7 +300,7 @@ def fingerprint(params: Params, tp: TrainParams, arch: str, meta: Any, stats: au
         "seed": params.seed,
         "train": keep,
         "augment": params.augment.model_dump(mode="json", exclude={"preview_images"}),
-        "data": aug.meta_value(meta, "data_sha256"),
+        "data": meta.get("data_sha256"),
         "stats": stats.to_json(),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
@@ -349,9 +349,9 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     val_x, val_y = data.split("val")
     shape = train_x.shape
     build_args = {
-        "num_classes": int(aug.meta_value(meta, "num_classes", int(np.max(train_y)) + 1)),
-        "in_channels": int(aug.meta_value(meta, "channels", shape[-1] if len(shape) == 4 else 1)),
-        "image_size": int(aug.meta_value(meta, "image_size", shape[1])),
+        "num_classes": int(meta.get("num_classes", int(np.max(train_y)) + 1)),
+        "in_channels": int(meta.get("channels", shape[-1] if len(shape) == 4 else 1)),
+        "image_size": int(meta.get("image_size", shape[1])),
         "options": dict(tp.model_options.get(arch, {})),
     }
     stats = aug.load_stats(layout)

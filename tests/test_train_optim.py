@@ -188,3 +188,29 @@ def test_per_architecture_override_is_used(tmp_path, data):  # noqa: F811
     assert summary["epochs_run"] == 2
     assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))
     assert ckpt["optimizer"]["param_groups"][0]["base_lr"] == 0.003
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_onecycle_cycles_momentum_against_lr(name):
+    model = nn.Linear(4, 2)
+    opt = optim.build_optimizer(model, OptimizerParams(name=name, momentum=0.9), torch.device("cpu"))
+    s = optim.Schedule(ScheduleParams(name="onecycle", onecycle_pct_start=0.3), 10, 10)
+    seen = []
+    for step in range(100):
+        s.set_lr(opt, step)
+        group = opt.param_groups[0]
+        seen.append((group["lr"], group["betas"][0] if name == "adamw" else group["momentum"]))
+    lr, momentum = zip(*seen)
+    peak = max(range(100), key=lr.__getitem__)
+    assert momentum[0] == pytest.approx(0.95) and momentum[peak] == pytest.approx(0.85) and momentum[-1] > 0.94
+    assert min(range(100), key=momentum.__getitem__) == peak  # lowest momentum where lr is highest
+
+    # Turned off, or on an optimizer asked for no momentum: the optimizer's own setting stays.
+    own = OptimizerParams(name=name, momentum=0.9, betas=(0.8, 0.999))
+    plain = optim.build_optimizer(model, own, torch.device("cpu"))
+    optim.Schedule(ScheduleParams(name="onecycle", onecycle_momentum=None), 10, 10).set_lr(plain, 50)
+    group = plain.param_groups[0]
+    assert (group["betas"][0] if name == "adamw" else group["momentum"]) == (0.8 if name == "adamw" else 0.9)
+    no_momentum = optim.build_optimizer(model, OptimizerParams(name="sgd", momentum=0), torch.device("cpu"))
+    optim.Schedule(ScheduleParams(name="onecycle"), 10, 10).set_lr(no_momentum, 50)
+    assert no_momentum.param_groups[0]["momentum"] == 0
