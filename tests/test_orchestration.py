@@ -5,6 +5,7 @@ failing architecture, and the Dask task runner giving the sequential leaderboard
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -32,13 +33,24 @@ def run_pipeline(overrides: list[str]):
     return state, task_states(state.state_details.flow_run_id)
 
 
-def task_states(flow_run_id) -> dict[str, str]:
+def task_states(flow_run_id, settle_seconds: float = 60) -> dict[str, str]:
+    """{task run name: state name} as the Prefect API shows them, once none is still running.
+
+    Task runs report their states to the API as events, recorded asynchronously: right after the flow
+    returns, the API may still show a finished task as Running or Retrying. (A task whose upstream
+    failed stays Pending for good, so that is not waited on.)"""
+    deadline = time.monotonic() + settle_seconds
     with get_client(sync_client=True) as client:
         subflows = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
         )
         ids = [flow_run_id, *(f.id for f in subflows)]
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            settled = all(run.state is not None and not run.state.is_running() and not run.state.is_scheduled() for run in runs)
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
     return {run.name: run.state.name for run in runs if run.state is not None}
 
 
