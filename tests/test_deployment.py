@@ -42,7 +42,7 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
         cli(env, project, "work-pool", "create", "zooflow", "--type", "process")
         cli(env, project, "--no-prompt", "deploy", "--all")
 
-        deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
+        deployments = {d["name"]: d for d in api(env, "/deployments/filter", {}, attempts=3)}
         assert set(deployments) == {"nightly", "weekly-full-zoo", "own-data"}
         nightly = deployments["nightly"]
         assert nightly["work_pool_name"] == "zooflow"
@@ -61,14 +61,14 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
             assert run["state_type"] == "COMPLETED", (run["state"], (tmp_path / "worker.log").read_text()[-4000:])
             assert run["parameters"]["overrides"] == TINY
 
-        artifacts = {a["key"]: a for a in api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})}
+        artifacts = {a["key"]: a for a in api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}}, attempts=3)}
         assert {"leaderboard", "validation-summary", "mlflow-runs"} <= set(artifacts)
 
         # Training runs in the `train-zoo` subflow; its per-epoch lines are Prefect logs there.
-        subflows = api(env, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}})
+        subflows = api(env, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}, attempts=3)
         assert [f["name"] for f in subflows] and all(f["state_type"] == "COMPLETED" for f in subflows)
         ids = [run_id, *(f["id"] for f in subflows)]
-        logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}, "limit": 200})
+        logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}, "limit": 200}, attempts=3)
         assert any("[train lenet5] epoch 1/1" in log["message"] for log in logs)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
