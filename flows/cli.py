@@ -238,6 +238,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The embedded Prefect API starts in a subprocess; 20 s (Prefect's default) is short on a busy laptop.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Loading the @staging model for the gate fetches a handful of small files: no progress bar for that.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         app(standalone_mode=False)
     except UserError as exc:
