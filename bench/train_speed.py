@@ -27,6 +27,12 @@ on a shared machine is a lottery. With two intra-op threads on a busy box every 
 
 The machine may be shared and noisy: the methods are interleaved in rounds (order rotated each
 round) and the ratios are of medians. Run:  python bench/train_speed.py --model lenet5 resnet20
+
+On a GPU (the issue's GPU row; not yet measured, no GPU was lent so far):
+    python bench/train_speed.py --device cuda --model resnet18 --steps 200 --images 50000
+The three loops then do the same model math (channels_last, bf16 autocast; the engine's CUDA
+defaults), the reference's DataLoader has 8 workers and pinned memory, and the table adds the mean
+GPU utilisation of each loop (nvidia-smi sampled every 100 ms).
 Data: CIFAR-10 from ../shared/datasets/cifar10-jpg.tar.gz when present (a subset is decoded),
 scikit-learn's digits (upscaled to 32x32) otherwise. Writes bench/results/train_speed-<time>.json.
 """
@@ -128,14 +134,59 @@ def fresh_model(name, num_classes, channels):
     return models.build(name, num_classes=num_classes, in_channels=channels, image_size=32)
 
 
+DEVICE = torch.device("cpu")
+
+
+def on_device(model):
+    """The reference and bare loops do the model math the engine does by default on the device:
+    channels_last and, on CUDA, bf16 autocast. Only the data path differs between the three."""
+    model = model.to(DEVICE)
+    return model.to(memory_format=torch.channels_last) if DEVICE.type == "cuda" else model
+
+
 def step(model, opt, x, y):
-    out = model(x)
+    if DEVICE.type == "cuda":
+        x = x.to(DEVICE, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(DEVICE, non_blocking=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE.type == "cuda"):
+        out = model(x)
     if isinstance(out, tuple):
         out = out[0]
-    loss = nn.functional.cross_entropy(out, y)
+    loss = nn.functional.cross_entropy(out.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+class GpuUtilization:
+    """Mean GPU utilisation (%) while the block runs, sampled by `nvidia-smi` every 100 ms; None on CPU
+    or without nvidia-smi."""
+
+    def __enter__(self):
+        self.proc, self.value = None, None
+        if DEVICE.type == "cuda":
+            import shutil
+            import subprocess
+
+            if shutil.which("nvidia-smi"):
+                index = DEVICE.index if DEVICE.index is not None else torch.cuda.current_device()
+                self.proc = subprocess.Popen(
+                    ["nvidia-smi", "-i", str(index), "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate()
+            samples = [float(v) for v in out.split() if v.replace(".", "", 1).isdigit()]
+            self.value = statistics.mean(samples) if samples else None
 
 
 def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path, compile: bool = False) -> float:
@@ -144,7 +195,7 @@ def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path
     aug.prepared = lambda layout: data
     params = Params.model_validate(
         {
-            "device": "cpu",
+            "device": DEVICE.type,
             "augment": {"crop_padding": 4, "hflip": True},
             "train": {
                 "architectures": [arch],
@@ -159,12 +210,12 @@ def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path
             },
         }
     )
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, GpuUtilization() as util:
         tr.train(params, Layout(Path(tmp)), arch)
         history = json.loads((Path(tmp) / "outputs/train" / arch / "history.json").read_text())
     torch.use_deterministic_algorithms(False)  # process-global: leave the other loops as they were
     last = history[-1]
-    return last["img_per_s"], steps * batch / last["cpu_seconds"]
+    return last["img_per_s"], steps * batch / last["cpu_seconds"], util.value
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -192,12 +243,13 @@ def reference_loader(data: InMemory, batch: int, workers: int, stats: aug.Stats)
         ]
     )
     return torch.utils.data.DataLoader(
-        PILDataset(pil, y, t), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+        PILDataset(pil, y, t), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=DEVICE.type == "cuda",
     )
 
 
 def run_reference(loader, arch, num_classes, channels, steps: int, warmup: int = 3) -> float:
-    model = fresh_model(arch, num_classes, channels).train()
+    model = on_device(fresh_model(arch, num_classes, channels)).train()
     opt = sgd(model)
     it = iter(loader)
 
@@ -211,13 +263,16 @@ def run_reference(loader, arch, num_classes, channels, steps: int, warmup: int =
 
     for _ in range(warmup):
         step(model, opt, *next_batch())
+    sync()
     workers = [w.pid for w in getattr(it, "_workers", [])]
-    t0, cpu0 = time.perf_counter(), time.process_time() + _cpu(workers)
-    for _ in range(steps):
-        step(model, opt, *next_batch())
-    wall, cpu = time.perf_counter() - t0, time.process_time() + _cpu(workers) - cpu0
+    with GpuUtilization() as util:
+        t0, cpu0 = time.perf_counter(), time.process_time() + _cpu(workers)
+        for _ in range(steps):
+            step(model, opt, *next_batch())
+        sync()
+        wall, cpu = time.perf_counter() - t0, time.process_time() + _cpu(workers) - cpu0
     n = steps * loader.batch_size
-    return n / wall, n / cpu
+    return n / wall, n / cpu, util.value
 
 
 def _cpu(pids: list[int]) -> float:
@@ -234,17 +289,23 @@ def _cpu(pids: list[int]) -> float:
 
 
 def run_bare(pre: tuple[torch.Tensor, torch.Tensor], arch, num_classes, channels, batch: int, steps: int, warmup: int = 3) -> float:
-    x, y = pre
-    model = fresh_model(arch, num_classes, channels).train()
+    x, y = (t.to(DEVICE) for t in pre)  # already augmented, already on the device
+    if DEVICE.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    model = on_device(fresh_model(arch, num_classes, channels)).train()
     opt = sgd(model)
     nb = len(y) // batch
     for i in range(warmup):
         step(model, opt, x[(i % nb) * batch : (i % nb + 1) * batch], y[(i % nb) * batch : (i % nb + 1) * batch])
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    for i in range(steps):
-        j = i % nb
-        step(model, opt, x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch])
-    return steps * batch / (time.perf_counter() - t0), steps * batch / (time.process_time() - cpu0)
+    sync()
+    with GpuUtilization() as util:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for i in range(steps):
+            j = i % nb
+            step(model, opt, x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch])
+        sync()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return steps * batch / wall, steps * batch / cpu, util.value
 
 
 def pre_augmented(data: InMemory, stats: aug.Stats, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,11 +325,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="timed steps per model (default: lenet5 60, others 12)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--images", type=int, default=10000, help="CIFAR-10 images to decode")
-    ap.add_argument("--workers", type=int, nargs="+", default=None, help="reference num_workers to try (default 0..cores)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: all three loops train there")
+    ap.add_argument("--workers", type=int, nargs="+", default=None, help="reference num_workers to try (default: 0..min(cores, 4) on CPU, 8 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="also time the engine with train.compile: true")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads for all three (0: torch's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -280,10 +346,12 @@ def main(argv=None) -> dict:
     stats = aug.compute_stats(data.split("train")[0])
     num_classes, channels = len(classes), x.shape[3]
     cores = os.cpu_count() or 1
-    worker_choices = args.workers if args.workers is not None else list(range(0, min(cores, 4) + 1))
+    default_workers = [8] if DEVICE.type == "cuda" else list(range(0, min(cores, 4) + 1))
+    worker_choices = args.workers if args.workers is not None else default_workers
     pre = pre_augmented(data, stats, num_classes)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"data: {source}; torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores, {platform.processor() or platform.machine()}")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else platform.processor() or platform.machine()
+    print(f"data: {source}; torch {torch.__version__}, {torch.get_num_threads()} threads, {cores} cores, {where}")
 
     results = []
     for mi, arch in enumerate(args.model):
@@ -323,6 +391,7 @@ def main(argv=None) -> dict:
             for a in order if a.startswith("zooflow") for b in ("reference", "bare")
         }
         cpu_ratios = {f"{a}_vs_{b}": cpu[a] / cpu[b] for a in order if a.startswith("zooflow") for b in ("reference", "bare")}
+        util = {k: (statistics.median(u) if (u := [x[2] for x in v if x[2] is not None]) else None) for k, v in runs.items()}
         results.append(
             {
                 "model": arch,
@@ -336,6 +405,7 @@ def main(argv=None) -> dict:
                 "ratios": ratios,
                 "median_round_ratios": per_round,
                 "cpu_ratios": cpu_ratios,
+                "gpu_utilization_percent": util,
                 "runs": {k: [list(x) for x in v] for k, v in runs.items()},
             }
         )
@@ -353,9 +423,12 @@ def main(argv=None) -> dict:
                 f"| {m['bare']:.0f} | {r['ratios'][name + '_vs_reference']:.2f}x | {r['ratios'][name + '_vs_bare']:.2f}x "
                 f"| {r['cpu_ratios'][name + '_vs_reference']:.2f}x / {r['cpu_ratios'][name + '_vs_bare']:.2f}x |"
             )
+            u = r["gpu_utilization_percent"]
+            if u.get(name) is not None:
+                print(f"|   GPU utilisation % | engine {u[name]:.0f} | | | reference {u['reference'] or 0:.0f} | bare {u['bare'] or 0:.0f} | | | |")
     report = {
         "data": source,
-        "device": "cpu",
+        "device": str(DEVICE),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cores": cores,
