@@ -74,6 +74,7 @@ class Schedule:
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.total = epochs * self.steps_per_epoch
         self.warmup = 0 if p.name == "onecycle" else int(round(p.warmup_epochs * self.steps_per_epoch))
+        self.rise = max(1, int(p.onecycle_pct_start * self.total))  # one-cycle: the steps of the climb
         self.milestones = sorted(p.milestones) or [epochs // 2, (3 * epochs) // 4]
         self.plateau = {"mult": 1.0, "best": -math.inf, "bad": 0}
 
@@ -89,12 +90,11 @@ class Schedule:
         elif p.name == "exponential":
             f = p.exp_gamma ** (epoch // p.exp_every)
         elif p.name == "onecycle":
-            rise = max(1, int(p.onecycle_pct_start * self.total))
             start, end = 1 / p.onecycle_div, 1 / (p.onecycle_div * p.onecycle_final_div)
-            if step < rise:
-                f = start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / rise))
+            rising, t = self._onecycle_phase(step)
+            if rising:
+                f = start + (1 - start) * 0.5 * (1 - math.cos(math.pi * t))
             else:
-                t = min(1.0, (step - rise) / max(1, self.total - rise))
                 f = end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
         else:  # constant, plateau
             f = 1.0
@@ -109,11 +109,16 @@ class Schedule:
         if p.name != "onecycle" or p.onecycle_momentum is None:
             return None
         base, peak = p.onecycle_momentum
-        rise = max(1, int(p.onecycle_pct_start * self.total))
-        if step < rise:
-            return peak + (base - peak) * 0.5 * (1 - math.cos(math.pi * step / rise))
-        t = min(1.0, (step - rise) / max(1, self.total - rise))
+        rising, t = self._onecycle_phase(step)
+        if rising:
+            return peak + (base - peak) * 0.5 * (1 - math.cos(math.pi * t))
         return base + (peak - base) * 0.5 * (1 - math.cos(math.pi * t))
+
+    def _onecycle_phase(self, step: int) -> tuple[bool, float]:
+        """(climbing?, progress in [0, 1] through the current phase)."""
+        if step < self.rise:
+            return True, step / self.rise
+        return False, min(1.0, (step - self.rise) / max(1, self.total - self.rise))
 
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         f = self.factor(step)

@@ -93,10 +93,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-def use_channels_last(tp: TrainParams, device: torch.device) -> bool:
-    """NHWC activations: tensor cores on CUDA; on CPU oneDNN's convolutions are also faster in it
-    (measured: ResNet-20 -15 %, LeNet-5 -7 % CPU time per step)."""
-    return tp.channels_last and device.type in ("cuda", "cpu")
+def memory_format(tp: TrainParams, device: torch.device) -> torch.memory_format:
+    """NHWC activations (channels_last): tensor cores on CUDA; on CPU oneDNN's convolutions are also
+    faster in it (measured: ResNet-20 -15 %, LeNet-5 -7 % CPU time per step)."""
+    use = tp.channels_last and device.type in ("cuda", "cpu")
+    return torch.channels_last if use else torch.contiguous_format
 
 
 def autocast(tp: TrainParams, device: torch.device):
@@ -112,8 +113,8 @@ def autocast(tp: TrainParams, device: torch.device):
 class DeviceData:
     """One split as uint8 NCHW where training wants it: on the device, in RAM, or memory-mapped.
 
-    Planar, not channels_last: the crop's gather and the per-channel normalisation are 1.5-2x faster
-    on planes (1.3-1.8x, measured on CPU); the one float batch is converted for a channels_last model after."""
+    Planar, not channels_last: the crop's gather and the per-channel normalisation are 1.3-1.8x faster
+    on planes (measured on CPU); the one float batch is converted for a channels_last model after."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device, placement: str = "auto"):
         self.device = device
@@ -193,11 +194,11 @@ def evaluate(model: nn.Module, data: DeviceData, mean, std, batch_size: int, tp:
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    layout = torch.channels_last if use_channels_last(tp, device) else torch.contiguous_format
+    fmt = memory_format(tp, device)
     for start in range(0, data.n, batch_size):
         idx = torch.arange(start, min(start + batch_size, data.n), device=device)
         xb, yb = data.batch(idx)
-        x = aug.normalize(xb, mean, std).contiguous(memory_format=layout)
+        x = aug.normalize(xb, mean, std).contiguous(memory_format=fmt)
         with autocast(tp, device):
             out = model(x)
         if isinstance(out, (tuple, list)):
@@ -428,8 +429,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
     if tp.max_steps_per_epoch:
         steps = min(steps, tp.max_steps_per_epoch)
 
-    if use_channels_last(tp, device):
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(tp, device))
     optimizer = build_optimizer(model, tp.optimizer, device)
     schedule = Schedule(tp.schedule, tp.epochs, steps)
     ema = ModelEMA(model, tp.ema_decay) if tp.ema_decay > 0 else None
@@ -470,7 +470,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         except Exception as exc:  # no compiler here: eager is still correct
             print(f"[train {arch}] torch.compile unavailable ({exc}); running eager", file=sys.stderr)
 
-    layout = torch.channels_last if use_channels_last(tp, device) else torch.contiguous_format
+    fmt = memory_format(tp, device)
     progress = Progress(tp.progress if main else "off", arch, tp.epochs)
     smoothing = tp.label_smoothing
     for epoch in range(start_epoch, tp.epochs):
@@ -496,7 +496,7 @@ def _train_sgd(params, tp, arch, model, common, train_x, train_y, val_x, val_y, 
         for i in range(steps):
             xb, yb = train_data.batch(perm[i * bs : (i + 1) * bs])
             x, targets = augmenter(xb, yb, g_dev)
-            x = x.contiguous(memory_format=layout)
+            x = x.contiguous(memory_format=fmt)
             lr = schedule.set_lr(optimizer, global_step)
             with autocast(tp, device):
                 output = fwd_model(x)
