@@ -64,6 +64,7 @@ from tasks import augment as aug  # noqa: E402
 from tasks import train as tr  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.params import Params  # noqa: E402
+from tasks.readers import write_prepared  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 if not CIFAR.exists():
@@ -74,11 +75,12 @@ if not CIFAR.exists():
 
 
 class InMemory:
-    """A prepared dataset held in memory: what tasks.ingest.load_prepared returns, minus the files."""
+    """A dataset held in memory; `run_zooflow` writes it as a prepared dataset for the real stage."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str], val: int = 256):
         self.splits = {"train": (x[val:], y[val:]), "val": (x[:val], y[:val]), "test": (x[:val], y[:val])}
-        self.meta = {"classes": classes, "num_classes": len(classes), "image_size": x.shape[1], "channels": x.shape[3], "data_sha256": "bench"}
+        self.classes = classes
+        self.meta = {"classes": classes, "num_classes": len(classes), "image_size": x.shape[1], "channels": x.shape[3]}
 
     def split(self, name):
         return self.splits[name]
@@ -192,7 +194,6 @@ class GpuUtilization:
 def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path, compile: bool = False) -> float:
     """The real train stage with its defaults (deterministic included): two epochs of `steps` steps;
     the second epoch's reported img/s."""
-    aug.prepared = lambda layout: data
     params = Params.model_validate(
         {
             "device": DEVICE.type,
@@ -211,7 +212,9 @@ def run_zooflow(data: InMemory, arch: str, batch: int, steps: int, workdir: Path
         }
     )
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, GpuUtilization() as util:
-        tr.train(params, Layout(Path(tmp)), arch)
+        layout = Layout(Path(tmp))
+        write_prepared(layout.prepared, data.splits, data.classes)
+        tr.train(params, layout, arch)
         history = json.loads((Path(tmp) / "outputs/train" / arch / "history.json").read_text())
     torch.use_deterministic_algorithms(False)  # process-global: leave the other loops as they were
     last = history[-1]

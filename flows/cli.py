@@ -89,7 +89,7 @@ def train(
 ) -> None:
     """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
     from tasks import distributed
-    from tasks.train import train, train_task
+    from tasks.train import train, train_tracked
 
     params, layout = _params(params_file, overrides), _layout()
     _check_arch(params, arch)
@@ -107,7 +107,7 @@ def train(
         return
     try:
         if os.environ.get("RANK", "0") == "0":  # the only process, or DDP's rank 0: the MLflow run
-            summary = train_task.fn(params, layout, arch)
+            summary = train_tracked(params, layout, arch)
             _echo({**summary, "world_size": distributed.world_size()})
         else:
             train(params, layout, arch)
@@ -118,11 +118,11 @@ def train(
 @app.command()
 def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
-    from tasks.evaluate import evaluate_task
+    from tasks.evaluate import evaluate_tracked as stage
 
     params, layout = _params(params_file, overrides), _layout()
     _check_arch(params, arch)
-    _echo(evaluate_task.fn(params, layout, arch))
+    _echo(stage(params, layout, arch))
 
 
 @app.command()

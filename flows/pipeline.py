@@ -9,19 +9,30 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks import tracking
-from tasks.augment import augment_task
-from tasks.ensemble import ensemble_task
-from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task
+from tasks import orchestration, tracking
+from tasks.augment import augment
+from tasks.ensemble import ensemble
+from tasks.evaluate import evaluate_tracked
+from tasks.ingest import ingest
 from tasks.layout import Layout
-from tasks.leaderboard import leaderboard_task
-from tasks.orchestration import configured, mlflow_runs_artifact, task_runner
+from tasks.leaderboard import leaderboard
+from tasks.orchestration import configured, mlflow_runs_artifact, stage_task, task_runner
 from tasks.params import Params, load_params
-from tasks.promote import promote_task
-from tasks.register import register_task
-from tasks.train import train_task
-from tasks.validate import validate_task
+from tasks.promote import promote
+from tasks.register import register
+from tasks.train import train_tracked
+from tasks.validate import validate
+
+# The stages as Prefect tasks, named as their cache keys and the UI know them.
+ingest_task = stage_task(ingest, "ingest")
+validate_task = stage_task(validate, "validate")
+augment_task = stage_task(augment, "augment")
+train_task = stage_task(train_tracked, "train")
+evaluate_task = stage_task(evaluate_tracked, "evaluate")
+ensemble_task = stage_task(ensemble, "ensemble")
+leaderboard_task = stage_task(leaderboard, "leaderboard")
+register_task = stage_task(register, "register")
+promote_task = stage_task(promote, "promote")
 
 
 @flow(name="train-zoo")
@@ -55,7 +66,8 @@ def zoo_pipeline(
     parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
 
     configured(ingest_task, params, layout)(params, layout)
-    configured(validate_task, params, layout)(params, layout)
+    validated = configured(validate_task, params, layout)(params, layout)
+    orchestration.validation_artifact(layout, validated)
     configured(augment_task, params, layout)(params, layout)
 
     outcome = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent)
@@ -65,6 +77,7 @@ def zoo_pipeline(
 
     configured(ensemble_task, params, layout)(params, layout)
     rows = configured(leaderboard_task, params, layout)(params, layout, failed)
+    orchestration.leaderboard_artifact(rows)
     registered = configured(register_task, params, layout)(params, layout, parent)
     promoted = configured(promote_task, params, layout)(params, layout)
     tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")

@@ -23,22 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prefect import task
 from torch import Tensor
 
-from tasks.files import atomic_path, read_json, write_json
+from tasks.files import atomic_path, write_json
 from tasks.layout import Layout
+from tasks.readers import load_prepared
 from tasks.params import AugmentParams, Params
 
 
-# --------------------------------------------------------------------------- data access
-
-
-def prepared(layout: Layout):
-    """The prepared dataset (tasks.ingest.load_prepared); one indirection so tests can stand in for it."""
-    from tasks.ingest import load_prepared
-
-    return load_prepared(layout.prepared)
+# --------------------------------------------------------------------------- layout
 
 
 def to_nchw(images: np.ndarray | Tensor) -> Tensor:
@@ -101,15 +94,6 @@ def compute_stats(images: np.ndarray | Tensor, chunk: int = 4096) -> Stats:
         tuple(float(v) for v in eigval),
         tuple(tuple(float(v) for v in row) for row in eigvec),
     )
-
-
-def load_stats(layout: Layout) -> Stats:
-    """The normalisation statistics the augment stage wrote; computed from the train split if absent."""
-    path = layout.augment / "stats.json"
-    if path.exists():
-        return Stats.from_json(read_json(path))
-    images, _ = prepared(layout).split("train")
-    return compute_stats(images)
 
 
 def normalize(images: Tensor, mean: Any, std: Any) -> Tensor:
@@ -458,10 +442,10 @@ def augment(params: Params, layout: Layout) -> dict:
     """The stage: policy.json, stats.json and preview.png under data/augment/."""
     from PIL import Image
 
-    data = prepared(layout)
+    data = load_prepared(layout.prepared)
     images, labels = data.split("train")
     stats = compute_stats(images)
-    num_classes = int(data.meta.get("num_classes", int(np.max(labels)) + 1))
+    num_classes = data.num_classes
     out = layout.augment
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "policy.json", params.augment.model_dump(mode="json"))
@@ -489,6 +473,3 @@ def augment(params: Params, layout: Layout) -> dict:
         "std": list(stats.std),
         "train_images": int(len(images)),
     }
-
-
-augment_task = task(name="augment")(augment)

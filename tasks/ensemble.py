@@ -204,8 +204,3 @@ def _classes(layout: Layout, arch: str, num_classes: int) -> list[str]:
         if classes and len(classes) == num_classes:
             return [str(c) for c in classes]
     return [str(i) for i in range(num_classes)]
-
-
-from prefect import task  # noqa: E402 - the Prefect face of the plain function above
-
-ensemble_task = task(name="ensemble")(ensemble)

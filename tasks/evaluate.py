@@ -29,8 +29,9 @@ from models import count_params
 from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
+from tasks.engine import pick_device
+from tasks.readers import load_prepared, load_trained, preprocessing
 from tasks.serving import preprocess
-from tasks.train import load_trained, pick_device
 
 SPLITS = ("val", "test")
 
@@ -312,14 +313,6 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
     return {**metrics, "speed": speed} if speed else metrics
 
 
-def preprocessing(layout: Layout, meta: Any) -> dict:
-    """The preprocessing every model of this run shares: size, channels, normalisation stats."""
-    stats = read_json(layout.augment / "stats.json")
-    get = meta.__getitem__
-    return {"image_size": int(get("image_size")), "channels": int(get("channels")),
-            "mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
-
-
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """metrics.json as MLflow metric names: val_accuracy, test_ece, latency_ms, ..."""
     flat: dict[str, float] = {}
@@ -333,24 +326,32 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def evaluate(params: Params, layout: Layout, arch: str, run_id: str | None = None) -> dict:
-    """Evaluate the trained `arch`; write `layout.eval(arch)`; log to MLflow run `run_id`, by default
-    the run its training opened."""
-    from tasks import tracking
-    from tasks.ingest import load_prepared
-
-    run_id = run_id or tracking.arch_run_id(layout, arch)
+def evaluate(params: Params, layout: Layout, arch: str) -> dict:
+    """Evaluate the trained `arch` on val and test; write `layout.eval(arch)`; return the headline numbers."""
     data = load_prepared(layout.prepared)
-    classes = [str(c) for c in data.meta["classes"]]
-    prep = preprocessing(layout, data.meta)
-    model = load_trained(params, layout, arch)
+    prep = preprocessing(layout, data)
+    model = load_trained(layout, arch)
     splits = {split: data.split(split) for split in SPLITS}
     with atomic_dir(layout.eval(arch)) as out:
-        metrics = evaluate_model(model, splits, classes, prep, params, out)
-    if run_id:
-        log_to_mlflow(params, run_id, layout.eval(arch), metrics)
+        metrics = evaluate_model(model, splits, data.classes, prep, params, out)
     return {"arch": arch, "val_accuracy": metrics["val"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
             "params": metrics["params"], "flops": metrics["flops"]}
+
+
+def evaluate_tracked(params: Params, layout: Layout, arch: str, run_id: str | None = None) -> dict:
+    """evaluate(), then its metrics and plots logged to MLflow run `run_id`, by default the run its
+    training opened."""
+    from tasks import tracking
+
+    summary = evaluate(params, layout, arch)
+    run_id = run_id or tracking.arch_run_id(layout, arch)
+    if run_id:
+        folder = layout.eval(arch)
+        metrics = read_json(folder / "metrics.json")
+        if (folder / "speed.json").exists():
+            metrics["speed"] = read_json(folder / "speed.json")
+        log_to_mlflow(params, run_id, folder, metrics)
+    return summary
 
 
 def log_to_mlflow(params: Params, run_id: str, folder: Path, metrics: dict) -> None:
@@ -359,8 +360,3 @@ def log_to_mlflow(params: Params, run_id: str, folder: Path, metrics: dict) -> N
     tracking.log_metrics(params, run_id, flat_metrics(metrics))
     for path in sorted([*folder.glob("*.json"), *folder.glob("plots/*.png")]):
         tracking.log_artifact(params, run_id, path, "eval")
-
-
-from prefect import task  # noqa: E402 - the Prefect face of the plain function above
-
-evaluate_task = task(name="evaluate")(evaluate)

@@ -30,7 +30,6 @@ import contextlib
 import csv
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import signal
@@ -38,73 +37,21 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from prefect import task
 
 from tasks.decode import GRAY_MODES, decode_batch
 from tasks.errors import DataError
-from tasks.files import atomic_dir, read_json, write_json
+from tasks.files import atomic_dir, write_json
 from tasks.layout import Layout
+from tasks.readers import SPLITS, data_sha256
 from tasks.params import DataParams, Params
 from tasks.sources import Entry, Record, Refusal, Source, open_source, resolve_tree
 
-SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "outcome", "reason", "label", "split", "index", "sha256", "bytes", "width", "height", "mode")
 _SCRATCH = ".decoded.u8"
 _BLOCK_BYTES = 8 << 20  # scratch read per step when writing the split files
-
-
-# ---------------------------------------------------------------- reading back
-
-
-@dataclass
-class PreparedData:
-    """`data/prepared/` read back: `split(name)` gives memory-mapped images and the labels."""
-
-    path: Path
-    meta: dict
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
-
-    @property
-    def channels(self) -> int:
-        return int(self.meta["channels"])
-
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self.meta["splits"]:
-            raise DataError(f"{self.path}: no split {name!r} (have {', '.join(self.meta['splits'])})")
-        # copy-on-write: writable for consumers (torch.from_numpy), while the file itself never changes
-        images = np.load(self.path / f"{name}_images.npy", mmap_mode="c")
-        labels = np.load(self.path / f"{name}_labels.npy")
-        return images, labels
-
-    @cached_property
-    def manifest(self) -> list[dict]:
-        with open(self.path / "manifest.csv", newline="") as fh:
-            return list(csv.DictReader(fh))
-
-
-def load_prepared(path: str | Path) -> PreparedData:
-    path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
-        raise DataError(f"{path}: no prepared dataset here (meta.json missing); run `zooflow ingest` first")
-    return PreparedData(path, read_json(meta_path))
 
 
 # ---------------------------------------------------------------- the stage
@@ -159,13 +106,6 @@ def ingest(params: Params, layout: Layout) -> dict:
         "data_sha256": meta["data_sha256"],
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def data_sha256(classes: list[str], image_size: int, channels: int, splits: dict) -> str:
-    """One hash for the whole prepared dataset: classes, shape and every split's hash."""
-    blob = json.dumps({"classes": classes, "image_size": image_size, "channels": channels,
-                       "splits": {name: s["sha256"] for name, s in sorted(splits.items())}}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- decoding
@@ -404,8 +344,3 @@ def _write_manifest(path: Path, rows: Iterable[Entry]) -> None:
         writer.writerow(MANIFEST_FIELDS)
         for row in rows:
             writer.writerow(["" if getattr(row, k) is None else getattr(row, k) for k in MANIFEST_FIELDS])
-
-
-# ---------------------------------------------------------------- Prefect
-
-ingest_task = task(name="ingest")(ingest)

@@ -126,7 +126,7 @@ def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path |
     return path
 
 
-def _fmt(key: str, value: Any) -> str:
+def cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key in ("val_acc", "test_acc"):
@@ -145,7 +145,7 @@ def _fmt(key: str, value: Any) -> str:
 
 def format_leaderboard(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     """A fixed-width text table, for the terminal."""
-    cells = [[_fmt(c, r.get(c)) for c in columns] for r in rows]
+    cells = [[cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(row) for row in cells)])
@@ -153,7 +153,7 @@ def format_leaderboard(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> 
 
 def markdown(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    out += ["| " + " | ".join(_fmt(c, r.get(c)) for c in columns) + " |" for r in rows]
+    out += ["| " + " | ".join(cell(c, r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -186,18 +186,4 @@ def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None 
     write_text(folder / "leaderboard.md", markdown(rows))
     plot_tradeoff(rows, "params", "parameters", folder / "accuracy_vs_params.png")
     plot_tradeoff(rows, "flops", "FLOPs per image", folder / "accuracy_vs_flops.png")
-    return rows
-
-
-from prefect import task  # noqa: E402 - the Prefect face of the plain function above
-
-
-@task(name="leaderboard")
-def leaderboard_task(params: Params, layout: Layout, failures: dict[str, str] | None = None) -> list[dict]:
-    """The leaderboard, also as a Prefect table artifact."""
-    from prefect.artifacts import create_table_artifact
-
-    rows = leaderboard(params, layout, failures)
-    create_table_artifact(key="leaderboard", table=[{c: _fmt(c, r.get(c)) for c in COLUMNS} for r in rows],
-                          description="zooflow leaderboard: sorted by val accuracy")
     return rows

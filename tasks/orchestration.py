@@ -1,15 +1,18 @@
-"""How stages run under Prefect: retries only on transient errors, per-stage timeouts, the task runner.
+"""How stages run under Prefect: the one place that wraps them.
 
-Stage modules wrap their plain functions as bare Prefect tasks; the policies a user sets in
-`params.orchestration` are applied here, in one place, when the flow calls them.
+Stage modules are plain functions and import no Prefect (the engine runs where Prefect is not
+installed). `stage_task` makes a stage a Prefect task; `configured` applies the policies a user sets in
+`params.orchestration` (retries only on transient errors, per-stage timeouts, the cache) when the flow
+calls it; `task_runner` fans architectures out; the artifacts are the run's pages in the Prefect UI.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from prefect import Task
+from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,6 +21,11 @@ from tasks import caching
 from tasks.errors import UserError
 from tasks.layout import Layout
 from tasks.params import Params
+
+
+def stage_task(fn: Callable, name: str) -> Task:
+    """A stage's plain function as a Prefect task named `name` (the stage name its cache keys use)."""
+    return task(name=name)(fn)
 
 
 def transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -118,3 +126,33 @@ def mlflow_runs_artifact(params: Params, layout: Layout, parent_run_id: str) -> 
         )
     create_markdown_artifact(markdown, key="mlflow-runs", description="the MLflow runs of this flow run")
     return "mlflow-runs"
+
+
+def validation_artifact(layout: Layout, summary: dict) -> str:
+    """The validation summary as a markdown artifact of the flow run; returns its key."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.files import read_json
+
+    rows = "\n".join(
+        f"| {name} | {check['severity']} | {'pass' if check['success'] else 'FAIL'} | {check['why']} |"
+        for name, check in read_json(layout.validation / "result.json")["checks"].items()
+    )
+    create_markdown_artifact(
+        f"## Data validation: {'passed' if summary['success'] else 'FAILED'}\n\n"
+        f"{summary['passed']} of {summary['expectations']} expectations met, {summary['warnings']} warnings.\n\n"
+        f"| check | severity | result | why |\n| --- | --- | --- | --- |\n{rows}\n",
+        key="validation-summary",
+    )
+    return "validation-summary"
+
+
+def leaderboard_artifact(rows: list[dict]) -> str:
+    """The leaderboard as a table artifact of the flow run; returns its key."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.leaderboard import COLUMNS, cell
+
+    create_table_artifact(key="leaderboard", table=[{c: cell(c, r.get(c)) for c in COLUMNS} for r in rows],
+                          description="zooflow leaderboard: sorted by val accuracy")
+    return "leaderboard"

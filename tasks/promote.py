@@ -25,6 +25,7 @@ from tasks.errors import UserError
 from tasks.files import write_json
 from tasks.layout import Layout
 from tasks.params import Params
+from tasks.readers import load_prepared
 from tasks.register import TAG, connect, server_errors
 
 AUDIT = f"{TAG}audit."
@@ -130,8 +131,6 @@ def gate(challenger_acc: float, staging_acc: float | None, min_delta: float) -> 
 
 def promote(params: Params, layout: Layout) -> dict:
     """Champion/challenger gate on the current val split; moves or keeps `@staging`, audited."""
-    from tasks.ingest import load_prepared
-
     images, labels = load_prepared(layout.prepared).split("val")
     result = promote_on(params, np.asarray(images), np.asarray(labels))
     write_json(layout.register / "promoted.json", result)
@@ -229,8 +228,3 @@ def promote_version(params: Params, name: str, version: str | int, to: str) -> d
         event = record(client, name, {"alias": to, "action": "move", "from": previous, "to": version,
                                       "why": why, "metrics": metrics})
     return {"moved": True, "alias": to, "version": version, "previous": previous, "why": why, "when": event["when"]}
-
-
-from prefect import task  # noqa: E402 - the Prefect face of the plain function above
-
-promote_task = task(name="promote")(promote)

@@ -30,6 +30,7 @@ from tasks.errors import UserError
 from tasks.files import read_json, write_json
 from tasks.layout import Layout
 from tasks.params import Params
+from tasks.readers import load_prepared, load_trained, preprocessing
 from tasks.serving import BUNDLE_FORMAT, MANIFEST, ZooClassifier
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -129,16 +130,11 @@ def best_candidate(cands: list[dict]) -> dict:
 # --------------------------------------------------------------------------- the bundle
 
 
-def build_kwargs(params: Params, layout: Layout, arch: str, meta: Any) -> dict[str, Any]:
-    """How `models.build` made `arch`: from train.json when it says, else from the data and params."""
-    path = layout.train(arch) / "train.json"
-    built = read_json(path).get("model") if path.exists() else None
-    if isinstance(built, dict) and "num_classes" in built:  # the engine's record: sizes + options
-        return {"num_classes": int(built["num_classes"]), "in_channels": int(built["in_channels"]),
-                "image_size": int(built["image_size"]), **built.get("options", {})}
-    return {"num_classes": int(meta["num_classes"]), "in_channels": int(meta["channels"]),
-            "image_size": int(meta["image_size"]),
-            **params.train.for_arch(arch).model_options.get(arch, {})}
+def build_kwargs(layout: Layout, arch: str) -> dict[str, Any]:
+    """How `models.build` made `arch`, from the record train.json keeps: sizes and the builder's options."""
+    built = read_json(layout.train(arch) / "train.json")["model"]
+    return {"num_classes": int(built["num_classes"]), "in_channels": int(built["in_channels"]),
+            "image_size": int(built["image_size"]), **built.get("options", {})}
 
 
 def write_bundle(folder: Path, members: dict[str, tuple[torch.nn.Module, dict, float]], vote: str,
@@ -303,22 +299,18 @@ def register_version(params: Params, client, model_info, run_id: str, descriptio
 
 def register(params: Params, layout: Layout, parent_run_id: str | None = None) -> dict:
     """Register the best candidate on val; alias `challenger`. Returns name, version, candidate, metrics."""
-    from tasks.evaluate import preprocessing
-    from tasks.ingest import load_prepared
-    from tasks.train import load_trained
-
     cand = best_candidate(candidates(params, layout))
     data = load_prepared(layout.prepared)
-    classes = [str(c) for c in data.meta["classes"]]
-    prep = preprocessing(layout, data.meta)
-    members = {arch: (load_trained(params, layout, arch), build_kwargs(params, layout, arch, data.meta), weight)
+    classes = data.classes
+    prep = preprocessing(layout, data)
+    members = {arch: (load_trained(layout, arch), build_kwargs(layout, arch), weight)
                for arch, weight in cand["members"].items()}
     train_info = {a: read_json(layout.train(a) / "train.json") if (layout.train(a) / "train.json").exists() else {}
                   for a in cand["members"]}
     runs = {arch: run for arch in cand["members"] if (run := tracking.arch_run_id(layout, arch))}
     val_images, val_labels = data.split("val")
     lineage = {
-        "data_sha256": str(data.meta.get("data_sha256", "unknown")),
+        "data_sha256": data.data_sha256,
         "classes": classes, "image_size": prep["image_size"], "channels": prep["channels"],
         "git_commit": git_commit(), "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runs": runs, "train_seconds": float(sum(t.get("train_seconds", 0) or 0 for t in train_info.values())),
@@ -370,8 +362,3 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
                "eval_status": tags[f"{TAG}eval_status"]}
     write_json(layout.register / "registered.json", summary)
     return summary
-
-
-from prefect import task  # noqa: E402 - the Prefect face of the plain function above
-
-register_task = task(name="register")(register)

@@ -25,11 +25,10 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from prefect import task  # noqa: E402
 
 from tasks.errors import DataError  # noqa: E402
-from tasks.files import atomic_dir, read_json, write_json  # noqa: E402
-from tasks.ingest import SPLITS, PreparedData, load_prepared  # noqa: E402
+from tasks.files import atomic_dir, write_json  # noqa: E402
+from tasks.readers import SPLITS, PreparedData, load_prepared  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.params import VALIDATION_CHECKS, Params  # noqa: E402
 
@@ -311,24 +310,3 @@ def _failure_message(failed: list[dict], layout: Layout) -> str:
     count = sum(line.startswith("- ") for line in lines)
     head = f"validation failed: {count} blocking check{'s' if count > 1 else ''} (report: {layout.validation / 'result.json'})"
     return "\n".join([head, *lines])
-
-
-# ---------------------------------------------------------------- Prefect
-
-@task(name="validate")
-def validate_task(params: Params, layout: Layout) -> dict:
-    """validate(), with its summary as a Prefect markdown artifact."""
-    from prefect.artifacts import create_markdown_artifact
-
-    summary = validate(params, layout)
-    rows = "\n".join(
-        f"| {name} | {check['severity']} | {'pass' if check['success'] else 'FAIL'} | {check['why']} |"
-        for name, check in read_json(layout.validation / "result.json")["checks"].items()
-    )
-    create_markdown_artifact(
-        f"## Data validation: {'passed' if summary['success'] else 'FAILED'}\n\n"
-        f"{summary['passed']} of {summary['expectations']} expectations met, {summary['warnings']} warnings.\n\n"
-        f"| check | severity | result | why |\n| --- | --- | --- | --- |\n{rows}\n",
-        key="validation-summary",
-    )
-    return summary

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.evaluate import preprocessing
-from tasks.ingest import ingest, load_prepared
+from tasks.readers import preprocessing
+from tasks.ingest import ingest
+from tasks.readers import load_prepared
 from tasks.layout import Layout
 from tasks.params import Params, load_params
 
@@ -58,7 +59,8 @@ def pipeline_state(root: Path, *overrides: str) -> State:
     """Real stages: ingest, augment, train (kNN: a fit; linear: 2 epochs of SGD), evaluate."""
     from tasks.augment import augment
     from tasks.evaluate import evaluate
-    from tasks.train import load_trained, train
+    from tasks.readers import load_trained
+    from tasks.train import train
 
     root.mkdir(parents=True, exist_ok=True)
     params = make_params(root, "train.epochs=2", "train.batch_size=16", "augment.crop_padding=0",
@@ -71,8 +73,8 @@ def pipeline_state(root: Path, *overrides: str) -> State:
             train(params, layout, arch)
             evaluate(params, layout, arch)
     data = load_prepared(layout.prepared)
-    modules = {arch: load_trained(params, layout, arch) for arch in ARCHS}
-    return State(root, params, layout, modules, preprocessing(layout, data.meta), data.classes)
+    modules = {arch: load_trained(layout, arch) for arch in ARCHS}
+    return State(root, params, layout, modules, preprocessing(layout, data), data.classes)
 
 
 def register_arch(state: State, arch: str = "linear", members: dict | None = None, vote: str = "soft",

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from tasks import augment as aug
-from tasks.layout import Layout
 from tasks.params import AugmentParams, Params
+from tasks.readers import load_stats
 from tests.test_train import make_data
 
 N, C, H, W = 16, 3, 32, 32
@@ -161,10 +161,9 @@ def test_compute_stats():
     assert len(s.eigval) == 3 and np.allclose(np.array(s.eigvec) @ np.diag(s.eigval) @ np.array(s.eigvec).T, np.cov(f.T, bias=True), atol=1e-6)
 
 
-def test_augment_stage_writes_policy_stats_preview(tmp_path, monkeypatch):
+def test_augment_stage_writes_policy_stats_preview(tmp_path):
     d = make_data(size=16)
-    monkeypatch.setattr(aug, "prepared", lambda layout: d)
-    layout = Layout(tmp_path)
+    layout = d.layout(tmp_path)
     params = Params.model_validate({"augment": {"preview_images": 16, "padding_mode": "reflect"}})
     summary = aug.augment(params, layout)
     out = layout.augment
@@ -177,7 +176,7 @@ def test_augment_stage_writes_policy_stats_preview(tmp_path, monkeypatch):
     img = Image.open(out / "preview.png")
     assert img.mode == "RGB" and min(img.size) >= 64
     assert not list(out.glob(".*tmp"))
-    assert aug.load_stats(layout).mean == tuple(stats["mean"])
+    assert load_stats(layout).mean == tuple(stats["mean"])
 
 
 def test_fused_crop_flip_is_a_crop_then_maybe_a_mirror():

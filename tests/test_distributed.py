@@ -31,15 +31,15 @@ STALL = textwrap.dedent(
     """
     import os, sys, time
     if os.environ.get("ZOOFLOW_TEST_STALL") and os.environ.get("RANK") == "0":
-        import tasks.train as tr
-        real = tr.save_checkpoint
+        import tasks.engine as engine
+        real = engine.save_checkpoint
 
         def stall(path, state):
             real(path, state)
             print("CHECKPOINT", state["epoch"], flush=True)
             time.sleep(600)
 
-        tr.save_checkpoint = stall
+        engine.save_checkpoint = stall
     """
 )
 

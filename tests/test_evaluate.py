@@ -108,13 +108,13 @@ def test_evaluate_on_digits(tmp_path_factory):
 def test_evaluate_logs_to_the_arch_run(tmp_path_factory):
     from registry_fixtures import chdir, shared_state
     from tasks import tracking
-    from tasks.evaluate import evaluate
+    from tasks.evaluate import evaluate_tracked
 
     state = shared_state(tmp_path_factory, "digits-evaluate")
     params = state.with_params("evaluate.measure_speed=false")
     with chdir(state.root):
         run_id = tracking.start_run(params, "linear-eval-test")
-        summary = evaluate(params, state.layout, "linear", run_id=run_id)
+        summary = evaluate_tracked(params, state.layout, "linear", run_id=run_id)
         run = tracking.client(params).get_run(run_id)
         artifacts = [a.path for a in tracking.client(params).list_artifacts(run_id, "eval")]
     assert run.data.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tasks.errors import DataError
-from tasks.ingest import SPLITS, assign_splits, ingest, load_prepared
+from tasks.ingest import assign_splits, ingest
+from tasks.readers import SPLITS, load_prepared
 from tasks.layout import Layout
 from tasks.params import load_params
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import DataError, UserError
-from tasks.ingest import ingest, load_prepared
+from tasks.ingest import ingest
+from tasks.readers import load_prepared
 from tasks.layout import Layout
 from tasks.params import load_params
 

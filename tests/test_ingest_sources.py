@@ -12,7 +12,8 @@ from PIL import Image
 
 import tasks.sources
 from tasks.errors import DataError
-from tasks.ingest import ingest, load_prepared
+from tasks.ingest import ingest
+from tasks.readers import load_prepared
 from tasks.layout import Layout
 from tasks.params import load_params
 

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.pipeline import zoo_pipeline
-from tasks.ingest import load_prepared
+from tasks.readers import load_prepared
 
 SMALL_ZOO = ["train.architectures=[knn, lenet5]", "train.epochs=4"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from registry_fixtures import chdir, shared_state
 from tasks import tracking
-from tasks.ingest import load_prepared
+from tasks.readers import load_prepared
 from tasks.ensemble import ensemble
 from tasks.promote import promote_version
 from tasks.register import best_candidate, candidates, register

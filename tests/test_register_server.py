@@ -19,7 +19,7 @@ import pytest
 from registry_fixtures import chdir, free_port, make_params, register_arch, service, shared_state
 from tasks import tracking
 from tasks.errors import UserError
-from tasks.ingest import load_prepared
+from tasks.readers import load_prepared
 from tasks.promote import alias_history, promote
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailers", "upgrade", "proxy-authorization"}

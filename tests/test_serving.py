@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from registry_fixtures import chdir, free_port, register_arch, service, shared_state
 from tasks import tracking
-from tasks.ingest import load_prepared
+from tasks.readers import load_prepared
 from tasks.promote import promote
 from tasks.serving import as_nhwc, preprocess
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -12,25 +12,38 @@ from torch import nn
 
 import models
 from tasks import augment as aug
+from tasks import engine
 from tasks import train as tr
+from tasks.errors import UserError
 from tasks.layout import Layout
 from tasks.params import Params
+from tasks.readers import load_stats, load_trained, write_prepared
 
 # --------------------------------------------------------------------------- tiny stand-ins
 
 
 @dataclass
-class FakePrepared:
-    """What tasks.ingest.load_prepared returns: .meta and .split(name) -> (uint8 NHWC, int64)."""
+class TinyData:
+    """Tiny synthetic splits; `layout(root)` writes them under root as a real prepared dataset."""
 
     splits: dict
-    meta: dict = field(default_factory=dict)
+    classes: list
 
     def split(self, name):
         return self.splits[name]
 
+    @property
+    def channels(self) -> int:
+        return self.splits["train"][0].shape[-1]
 
-def make_data(n_train=96, n_val=32, size=12, classes=4, channels=3, seed=0) -> FakePrepared:
+    def layout(self, root) -> Layout:
+        layout = Layout(root)
+        if not (layout.prepared / "meta.json").exists():
+            write_prepared(layout.prepared, self.splits, self.classes)
+        return layout
+
+
+def make_data(n_train=96, n_val=32, size=12, classes=4, channels=3, seed=0) -> TinyData:
     """Class k: channel k brightened (class 3: none) on noise; flip- and shift-invariant, learnable
     in a few steps."""
     rng = np.random.default_rng(seed)
@@ -44,8 +57,7 @@ def make_data(n_train=96, n_val=32, size=12, classes=4, channels=3, seed=0) -> F
         return x, y.astype(np.int64)
 
     splits = {"train": split(n_train), "val": split(n_val), "test": split(n_val)}
-    meta = {"classes": [str(i) for i in range(classes)], "num_classes": classes, "image_size": size, "channels": channels, "data_sha256": "fake"}
-    return FakePrepared(splits, meta)
+    return TinyData(splits, [str(i) for i in range(classes)])
 
 
 class TinyCNN(nn.Module):
@@ -112,10 +124,8 @@ _register()
 
 
 @pytest.fixture
-def data(monkeypatch):
-    d = make_data()
-    monkeypatch.setattr(aug, "prepared", lambda layout: d)
-    return d
+def data():
+    return make_data()
 
 
 def make_params(arch="test_tiny", **train) -> Params:
@@ -128,7 +138,7 @@ def make_params(arch="test_tiny", **train) -> Params:
 
 
 def test_train_writes_outputs_and_learns(tmp_path, data):
-    layout = Layout(tmp_path)
+    layout = data.layout(tmp_path)
     logged = []
     summary = tr.train(make_params(epochs=4, optimizer={"lr": 0.1}), layout, "test_tiny", log=lambda m, s: logged.append((s, m)))
     out = layout.train("test_tiny")
@@ -142,10 +152,10 @@ def test_train_writes_outputs_and_learns(tmp_path, data):
     assert summary["best_val_acc"] > 0.5
     assert summary["device"] == "cpu" and summary["params"] > 0
     # model.pt is the best-val weights, loadable without unpickling code
-    model = tr.load_trained(make_params(), layout, "test_tiny")
+    model = load_trained(layout, "test_tiny")
     assert not model.training
     _, val = torch.tensor(0), data.split("val")
-    x = aug.normalize(aug.to_nchw(val[0]), *(lambda s: (s.mean, s.std))(aug.load_stats(layout)))
+    x = aug.normalize(aug.to_nchw(val[0]), *(lambda s: (s.mean, s.std))(load_stats(layout)))
     acc = (model(x).argmax(1).numpy() == val[1]).mean()
     assert acc == pytest.approx(summary["best_val_acc"])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -154,8 +164,8 @@ def test_train_writes_outputs_and_learns(tmp_path, data):
 
 def test_same_seed_same_weights(tmp_path, data):
     params = make_params(epochs=2)
-    a = tr.train(params, Layout(tmp_path / "a"), "test_tiny")
-    b = tr.train(params, Layout(tmp_path / "b"), "test_tiny")
+    a = tr.train(params, data.layout(tmp_path / "a"), "test_tiny")
+    b = tr.train(params, data.layout(tmp_path / "b"), "test_tiny")
     assert a["best_val_acc"] == b["best_val_acc"]
     wa = torch.load(tmp_path / "a/outputs/train/test_tiny/checkpoint.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "b/outputs/train/test_tiny/checkpoint.pt", weights_only=True)["model"]
@@ -163,23 +173,23 @@ def test_same_seed_same_weights(tmp_path, data):
 
 
 def test_fit_path(tmp_path, data):
-    layout = Layout(tmp_path)
+    layout = data.layout(tmp_path)
     summary = tr.train(make_params("test_centroids"), layout, "test_centroids")
     assert summary["trained_by"] == "fit" and summary["best_val_acc"] > 0.9
-    model = tr.load_trained(make_params("test_centroids"), layout, "test_centroids")
+    model = load_trained(layout, "test_centroids")
     assert model.centres.shape == (4, 3 * 12 * 12)
 
 
 def test_aux_losses(tmp_path, data):
     out = (torch.zeros(2, 3), torch.zeros(2, 3))
-    loss, main = tr.model_loss(TinyAux(3, 3, 8), out, torch.tensor([0, 1]), 0.0)
+    loss, main = engine.model_loss(TinyAux(3, 3, 8), out, torch.tensor([0, 1]), 0.0)
     assert loss.item() == pytest.approx(1.3 * np.log(3), rel=1e-5) and main is out[0]
-    summary = tr.train(make_params("test_aux", epochs=2), Layout(tmp_path), "test_aux")
+    summary = tr.train(make_params("test_aux", epochs=2), data.layout(tmp_path), "test_aux")
     assert summary["best_val_acc"] > 0
 
 
 def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
-    layout = Layout(tmp_path)
+    layout = data.layout(tmp_path)
     tr.train(make_params(epochs=2), layout, "test_tiny")
     again = tr.train(make_params(epochs=2), layout, "test_tiny")
     assert again["resumed_from_epoch"] == 2 and again["epochs_run"] == 2
@@ -188,19 +198,19 @@ def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
 
 
 def test_pick_device():
-    assert tr.pick_device("cpu").type == "cpu"
-    assert tr.pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert engine.pick_device("cpu").type == "cpu"
+    assert engine.pick_device("auto").type in ("cpu", "cuda", "mps")
 
 
 def test_memory_mapped_placement_and_log_lines(tmp_path, data, capsys):
-    summary = tr.train(make_params(epochs=2, data_placement="mmap", progress="log"), Layout(tmp_path), "test_tiny")
+    summary = tr.train(make_params(epochs=2, data_placement="mmap", progress="log"), data.layout(tmp_path), "test_tiny")
     assert summary["epochs_run"] == 2
     err = capsys.readouterr().err
     assert err.count("[train test_tiny] epoch") == 2 and "val_acc" in err and "img/s" in err
 
 
 def test_progress_bar_mode(tmp_path, data, capsys):
-    tr.train(make_params(epochs=1, progress="bar"), Layout(tmp_path), "test_tiny")
+    tr.train(make_params(epochs=1, progress="bar"), data.layout(tmp_path), "test_tiny")
     err = capsys.readouterr().err
     assert "test_tiny 1/1" in err  # the tqdm bar's description
 
@@ -208,25 +218,24 @@ def test_progress_bar_mode(tmp_path, data, capsys):
 def test_unknown_device_is_clear():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(RuntimeError, match="cuda"):
-        tr.pick_device("cuda")
+    with pytest.raises(UserError, match="device: cuda was asked for, but torch sees no CUDA device"):
+        engine.pick_device("cuda")
 
 
 @pytest.mark.parametrize("arch", ["knn", "lenet5"])
-def test_real_zoo_architectures_train_and_reload(tmp_path, monkeypatch, arch):
+def test_real_zoo_architectures_train_and_reload(tmp_path, arch):
     """The registry's own models through the engine: the fit path and a plain CNN. (GoogLeNet's
     (logits, aux2, aux1) contract is covered by TinyAux: the real one costs a minute on 2 cores.)"""
     if arch not in models.available():
         pytest.skip(f"{arch} not in this zoo")
     d = make_data(n_train=24, n_val=8, size=32, channels=1 if arch == "lenet5" else 3)
-    monkeypatch.setattr(aug, "prepared", lambda layout: d)
     options = {"googlenet": {"variant": "imagenet"}}.get(arch, {})
     params = make_params(arch, epochs=1, batch_size=8, max_steps_per_epoch=1, model_options={arch: options})
-    layout = Layout(tmp_path)
+    layout = d.layout(tmp_path)
     summary = tr.train(params, layout, arch)
     assert summary["best_epoch"] == 0
-    model = tr.load_trained(params, layout, arch)
-    x = aug.normalize(aug.to_nchw(d.split("val")[0]), [0.3] * d.meta["channels"], [0.3] * d.meta["channels"])
+    model = load_trained(layout, arch)
+    x = aug.normalize(aug.to_nchw(d.split("val")[0]), [0.3] * d.channels, [0.3] * d.channels)
     with torch.inference_mode():
         out = model(x)
     assert out.shape == (8, 4)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import models
-from tasks import optim
+from tasks import engine, optim
 from tasks import train as tr
-from tasks.layout import Layout
+from tasks.files import read_json
 from tasks.params import OptimizerParams, ScheduleParams
 from tests.test_train import data, make_params  # noqa: F401  (the `data` fixture)
 
@@ -112,32 +112,32 @@ def test_schedule_state_round_trips():
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
 def test_every_optimizer_trains_from_params(tmp_path, data, name):  # noqa: F811
     lr = {"adadelta": 1.0, "sgd": 0.05}.get(name, 0.01)
-    summary = tr.train(make_params(epochs=1, optimizer={"name": name, "lr": lr}), Layout(tmp_path), "test_tiny")
+    summary = tr.train(make_params(epochs=1, optimizer={"name": name, "lr": lr}), data.layout(tmp_path), "test_tiny")
     assert summary["epochs_run"] == 1 and math.isfinite(summary["best_val_loss"])
 
 
 @pytest.mark.parametrize("name", ["constant", "cosine", "step", "exponential", "plateau", "onecycle"])
 def test_every_schedule_trains_from_params(tmp_path, data, name):  # noqa: F811
-    summary = tr.train(make_params(epochs=2, schedule={"name": name, "warmup_epochs": 0.5}), Layout(tmp_path), "test_tiny")
+    summary = tr.train(make_params(epochs=2, schedule={"name": name, "warmup_epochs": 0.5}), data.layout(tmp_path), "test_tiny")
     assert summary["epochs_run"] == 2
 
 
 def test_early_stopping_stops(tmp_path, data):  # noqa: F811
     params = make_params("test_linear", epochs=20, early_stopping=2, optimizer={"lr": 1e-12, "weight_decay": 0})
-    summary = tr.train(params, Layout(tmp_path), "test_linear")
+    summary = tr.train(params, data.layout(tmp_path), "test_linear")
     assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 0
-    again = tr.train(params, Layout(tmp_path), "test_linear")  # a re-run stays stopped
+    again = tr.train(params, data.layout(tmp_path), "test_linear")  # a re-run stays stopped
     assert again["epochs_run"] == 3
 
 
 def test_ema_weights_differ_and_evaluate(tmp_path, data):  # noqa: F811
-    layout = Layout(tmp_path)
+    layout = data.layout(tmp_path)
     summary = tr.train(make_params(epochs=3, ema_decay=0.9, optimizer={"lr": 0.1}), layout, "test_tiny")
     ckpt = torch.load(layout.train("test_tiny") / "checkpoint.pt", weights_only=True)
     raw, ema = ckpt["model"], ckpt["ema"]["module"]
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
     assert summary["ema"] and summary["best_val_acc"] > 0.5
-    history = tr.read_json(layout.train("test_tiny") / "history.json")
+    history = read_json(layout.train("test_tiny") / "history.json")
     assert "val_acc_raw" in history[0]
     best = torch.load(layout.train("test_tiny") / "model.pt", weights_only=True)
     if summary["best_epoch"] == 2:
@@ -147,15 +147,15 @@ def test_ema_weights_differ_and_evaluate(tmp_path, data):  # noqa: F811
 def test_grad_clip_label_smoothing_and_mixing_train(tmp_path, data):  # noqa: F811
     params = make_params(epochs=2, grad_clip=1.0, label_smoothing=0.1, optimizer={"exclude_bn_bias_decay": True})
     params = params.model_copy(update={"augment": params.augment.model_copy(update={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "cutout": 4})})
-    summary = tr.train(params, Layout(tmp_path), "test_tiny")
+    summary = tr.train(params, data.layout(tmp_path), "test_tiny")
     assert summary["epochs_run"] == 2
 
 
 def test_soft_target_loss_matches_hard_with_smoothing():
     logits = torch.randn(5, 4)
     y = torch.tensor([0, 1, 2, 3, 0])
-    hard = tr.criterion(logits, y, 0.1)
-    soft = tr.criterion(logits, torch.nn.functional.one_hot(y, 4).float(), 0.1)
+    hard = engine.criterion(logits, y, 0.1)
+    soft = engine.criterion(logits, torch.nn.functional.one_hot(y, 4).float(), 0.1)
     assert hard.item() == pytest.approx(soft.item(), rel=1e-6)
 
 
@@ -166,8 +166,8 @@ def test_train_tracked_logs_to_mlflow(tmp_path, data, monkeypatch):  # noqa: F81
     params = make_params(epochs=2)
     params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})})
     parent = tracking.start_run(params, "pipeline")
-    summary = tr.train_task.fn(params, Layout(tmp_path), "test_tiny", parent)
-    run_id = tracking.arch_run_id(Layout(tmp_path), "test_tiny")
+    summary = tr.train_tracked(params, data.layout(tmp_path), "test_tiny", parent)
+    run_id = tracking.arch_run_id(data.layout(tmp_path), "test_tiny")
     run = tracking.client(params).get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["arch"] == "test_tiny" and run.data.params["train.optimizer.name"] == "sgd"
@@ -175,16 +175,16 @@ def test_train_tracked_logs_to_mlflow(tmp_path, data, monkeypatch):  # noqa: F81
     val_acc = tracking.client(params).get_metric_history(run_id, "val_acc")
     assert sorted(m.step for m in val_acc) == [0, 1]
     # a later pipeline run reuses the finished checkpoint; its new run still gets every epoch
-    tr.train_task.fn(params, Layout(tmp_path), "test_tiny", parent)
-    second = tracking.arch_run_id(Layout(tmp_path), "test_tiny")
+    tr.train_tracked(params, data.layout(tmp_path), "test_tiny", parent)
+    second = tracking.arch_run_id(data.layout(tmp_path), "test_tiny")
     assert second != run_id
     assert sorted(m.step for m in tracking.client(params).get_metric_history(second, "val_acc")) == [0, 1]
 
 
 def test_per_architecture_override_is_used(tmp_path, data):  # noqa: F811
     params = make_params(epochs=1, overrides={"test_tiny": {"optimizer": {"name": "adam", "lr": 0.003}, "epochs": 2}})
-    summary = tr.train(params, Layout(tmp_path), "test_tiny")
-    ckpt = torch.load(Layout(tmp_path).train("test_tiny") / "checkpoint.pt", weights_only=True)
+    summary = tr.train(params, data.layout(tmp_path), "test_tiny")
+    ckpt = torch.load(data.layout(tmp_path).train("test_tiny") / "checkpoint.pt", weights_only=True)
     assert summary["epochs_run"] == 2
     assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))
     assert ckpt["optimizer"]["param_groups"][0]["base_lr"] == 0.003

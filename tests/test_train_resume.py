@@ -21,13 +21,11 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from tests.test_train import make_data, make_params   # registers the test models
-    from tasks import augment as aug, train as tr
-    from tasks.layout import Layout
+    from tasks import engine, train as tr
 
     data = make_data()
-    aug.prepared = lambda layout: data
     if sys.argv[2] == "stall":
-        real, calls = tr.save_checkpoint, []
+        real, calls = engine.save_checkpoint, []
 
         def stall_after_second(path, state):
             real(path, state)
@@ -36,7 +34,7 @@ SCRIPT = textwrap.dedent(
                 print("CHECKPOINT 2", flush=True)
                 time.sleep(600)
 
-        tr.save_checkpoint = stall_after_second
+        engine.save_checkpoint = stall_after_second
     params = make_params(
         epochs=4,
         ema_decay=0.8,
@@ -45,7 +43,7 @@ SCRIPT = textwrap.dedent(
         schedule={{"name": "cosine", "warmup_epochs": 1}},
     )
     params = params.model_copy(update={{"augment": params.augment.model_copy(update={{"mixup_alpha": 0.4, "cutout": 4}})}})
-    summary = tr.train(params, Layout(Path(sys.argv[1])), "test_tiny")
+    summary = tr.train(params, data.layout(Path(sys.argv[1])), "test_tiny")
     print("RESUMED FROM", summary["resumed_from_epoch"], flush=True)
     """
 )
