@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,19 +37,24 @@ def _layout():
 @app.command()
 def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
-    _params(params_file, overrides)  # fail on bad params before Prefect starts
+    params = _params(params_file, overrides)  # fail on bad params before Prefect starts
     from flows.pipeline import zoo_pipeline
     from tasks import tracking
-
-    summary = zoo_pipeline(params_file=str(params_file), overrides=overrides or [])
-    params = _params(params_file, overrides)
     from tasks.leaderboard import format_leaderboard
+    from tasks.lock import project_lock
 
+    started = time.time()
+    # The folder is held before Prefect starts: a second run is refused at once, not after the API is up.
+    with project_lock(_layout(), "zooflow run", params.orchestration.lock_wait_seconds):
+        state = zoo_pipeline(params_file=str(params_file), overrides=overrides or [], return_state=True)
+    if not state.is_completed():
+        _failed_run(state, started)
+    summary = state.result()
     typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
     registered, promoted = summary["registered"], summary["promoted"]
     name = params.register.model_name
     typer.echo(
-        f"\nRegistered {name} version {registered.get('version')} as @challenger; "
+        f"\n{name} version {registered['version']} is @challenger ({registered['why']}); "
         f"@staging is version {promoted.get('staging')}: {promoted.get('why', '')}\n"
         f"Next:  mlflow ui --backend-store-uri {tracking.tracking_uri(params)}"
         f"    # runs, metrics, the model registry\n"
@@ -56,12 +62,36 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
     )
 
 
+def _failed_run(state, started: float) -> None:
+    """A failed flow run: the user's error as such (exit 2, 75), else this run's leaderboard and one line (exit 1)."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, UserError):
+        raise exc
+    board = _layout().leaderboard / "leaderboard.md"
+    if board.exists() and board.stat().st_mtime >= started:
+        typer.echo("\n" + board.read_text())
+    typer.echo(f"error: the run failed: {state.message}", err=True)
+    raise typer.Exit(1)
+
+
+def _stage(stage: str, fn, params, *args, arch: str | None = None):
+    """Run one stage in this project folder (held for the time), its outputs stamped with their inputs."""
+    from tasks import caching
+    from tasks.lock import project_lock
+
+    layout = _layout()
+    with project_lock(layout, f"zooflow {stage}", params.orchestration.lock_wait_seconds):
+        if stage in caching.STAGES:
+            return caching.run_stage(stage, fn, params, layout, *args, arch=arch)
+        return fn(params, layout, *args)
+
+
 @app.command()
 def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Prepare the dataset into data/prepared/."""
     from tasks.ingest import ingest as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(_stage("ingest", stage, _params(params_file, overrides)))
 
 
 @app.command()
@@ -69,7 +99,7 @@ def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides
     """Check data/prepared/ with the Great Expectations suite; reports/validation/."""
     from tasks.validate import validate as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(_stage("validate", stage, _params(params_file, overrides)))
 
 
 @app.command()
@@ -77,7 +107,7 @@ def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides 
     """Normalisation stats, augmentation policy and preview into data/augment/."""
     from tasks.augment import augment as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(_stage("augment", stage, _params(params_file, overrides)))
 
 
 @app.command()
@@ -101,13 +131,21 @@ def train(
         argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)]
         for override in overrides or []:
             argv += ["--set", override]
-        code = distributed.launch(nproc, argv)
+        from tasks.lock import project_lock
+
+        with project_lock(layout, f"zooflow train --arch {arch} --nproc {nproc}",
+                          params.orchestration.lock_wait_seconds):
+            code = distributed.launch(nproc, argv)
         if code:
             raise typer.Exit(code)
         return
     try:
-        if os.environ.get("RANK", "0") == "0":  # the only process, or DDP's rank 0: the MLflow run
-            summary = train_tracked(params, layout, arch)
+        if not distributed.launched():
+            _echo({**_stage("train", train_tracked, params, arch, arch=arch), "world_size": 1})
+        elif os.environ.get("RANK", "0") == "0":  # DDP's rank 0: the MLflow run and the stamp (the launcher holds the folder)
+            from tasks import caching
+
+            summary = caching.run_stage("train", train_tracked, params, layout, arch, arch=arch)
             _echo({**summary, "world_size": distributed.world_size()})
         else:
             train(params, layout, arch)
@@ -120,9 +158,9 @@ def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), override
     """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
     from tasks.evaluate import evaluate_tracked as stage
 
-    params, layout = _params(params_file, overrides), _layout()
+    params = _params(params_file, overrides)
     _check_arch(params, arch)
-    _echo(stage(params, layout, arch))
+    _echo(_stage("evaluate", stage, params, arch, arch=arch))
 
 
 @app.command()
@@ -130,7 +168,7 @@ def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides
     """Combine the models' saved logits; chosen on val."""
     from tasks.ensemble import ensemble as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(_stage("ensemble", stage, _params(params_file, overrides)))
 
 
 @app.command()
@@ -138,7 +176,7 @@ def leaderboard(params_file: ParamsFile = Path("params.yaml"), overrides: Overri
     """Print (and write) the leaderboard of the evaluated models."""
     from tasks.leaderboard import format_leaderboard, leaderboard as stage
 
-    typer.echo(format_leaderboard(stage(_params(params_file, overrides), _layout())))
+    typer.echo(format_leaderboard(_stage("leaderboard", stage, _params(params_file, overrides))))
 
 
 @app.command()
@@ -146,7 +184,7 @@ def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides
     """Register the best model on val as a new version, alias @challenger."""
     from tasks.register import register as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(_stage("register", stage, _params(params_file, overrides)))
 
 
 @app.command()
@@ -162,7 +200,7 @@ def promote(
     if name is None:
         from tasks.promote import promote as stage
 
-        _echo(stage(params, _layout()))
+        _echo(_stage("promote", stage, params))
         return
     if version is None or to not in ("staging", "production"):
         raise UserError("usage: zooflow promote NAME VERSION --to staging|production")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from tasks import orchestration, tracking
 from tasks.augment import augment
@@ -15,8 +16,9 @@ from tasks.ensemble import ensemble
 from tasks.evaluate import evaluate_tracked
 from tasks.ingest import ingest
 from tasks.layout import Layout
+from tasks.lock import project_lock
 from tasks.leaderboard import leaderboard
-from tasks.orchestration import configured, mlflow_runs_artifact, stage_task, task_runner
+from tasks.orchestration import call, configured, mlflow_runs_artifact, stage_task, task_runner
 from tasks.params import Params, load_params
 from tasks.promote import promote
 from tasks.register import register
@@ -36,10 +38,10 @@ promote_task = stage_task(promote, "promote")
 
 
 @flow(name="train-zoo")
-def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, str]:
+def train_zoo(params: Params, layout: Layout, parent_run_id: str):
     """Train and evaluate every architecture; one failing does not stop the others.
 
-    Returns {arch: "ok" | the failure's message}.
+    Returns {arch: "ok" | why it failed}, in a Failed state when any failed.
     """
     futures = {}
     for arch in params.train.architectures:
@@ -51,7 +53,11 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, s
         evaluated.wait()
         # The first stage that failed says why (evaluate only knows its upstream did not complete).
         state = next((f.state for f in (trained, evaluated) if not f.state.is_completed()), None)
-        outcome[arch] = "ok" if state is None else (state.message or state.name)
+        outcome[arch] = "ok" if state is None else orchestration.failure_reason(state)
+    failed = sorted(arch for arch, why in outcome.items() if why != "ok")
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(outcome)} architectures failed: {', '.join(failed)}",
+                      data=outcome)
     return outcome
 
 
@@ -59,33 +65,43 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str) -> dict[str, s
 def zoo_pipeline(
     params_file: str = "params.yaml", overrides: list[str] | None = None, workdir: str = "."
 ) -> dict:
-    """Run the whole pipeline on the dataset and zoo that `params_file` (plus `-S` style overrides) name."""
-    logger = get_run_logger()
-    params = load_params(Path(workdir) / params_file, overrides)
+    """Run the whole pipeline on the dataset and zoo that `params_file` (plus `-S` style overrides) name.
+
+    `params_file` is read from the working directory; `workdir` is the folder the run writes into
+    (data/, outputs/, reports/), one run at a time."""
+    params = load_params(Path(params_file), overrides)
     layout = Layout(Path(workdir))
-    parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
+    with project_lock(layout, "the zoo-pipeline flow", params.orchestration.lock_wait_seconds):
+        parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
+        try:
+            with tracking.ending(params, parent):
+                summary = _stages(params, layout, parent)
+        finally:
+            mlflow_runs_artifact(params, layout, parent)
+    return summary
 
-    configured(ingest_task, params, layout)(params, layout)
-    validated = configured(validate_task, params, layout)(params, layout)
-    orchestration.validation_artifact(layout, validated)
-    configured(augment_task, params, layout)(params, layout)
 
-    outcome = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent)
+def _stages(params: Params, layout: Layout, parent: str) -> dict:
+    logger = get_run_logger()
+    call(ingest_task, params, layout)
+    orchestration.validation_artifact(layout, call(validate_task, params, layout))
+    call(augment_task, params, layout)
+
+    zoo = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent, return_state=True)
+    outcome = zoo.result(raise_on_failure=False)
     failed = {arch: why for arch, why in outcome.items() if why != "ok"}
     for arch, why in failed.items():
         logger.error("architecture %s failed: %s", arch, why)
 
-    configured(ensemble_task, params, layout)(params, layout)
-    rows = configured(leaderboard_task, params, layout)(params, layout, failed)
+    if len(failed) < len(outcome):
+        call(ensemble_task, params, layout)
+    rows = call(leaderboard_task, params, layout, failed)
     orchestration.leaderboard_artifact(rows)
-    registered = configured(register_task, params, layout)(params, layout, parent)
-    promoted = configured(promote_task, params, layout)(params, layout)
-    tracking.end_run(params, parent, "FAILED" if failed else "FINISHED")
-    mlflow_runs_artifact(params, layout, parent)
-
-    summary = {"leaderboard": rows, "registered": registered, "promoted": promoted, "failed": failed}
+    summary = {"leaderboard": rows, "registered": None, "promoted": None, "failed": failed}
     if failed and params.orchestration.fail_fast:
-        raise RuntimeError(f"{len(failed)} architecture(s) failed: {', '.join(sorted(failed))}")
+        raise RuntimeError(f"{zoo.message}; nothing registered (orchestration.fail_fast: true)")
+    summary["registered"] = call(register_task, params, layout, parent)
+    summary["promoted"] = call(promote_task, params, layout)
     if failed:
         logger.warning("completed with %d failed architecture(s) (orchestration.fail_fast: false): %s",
                        len(failed), ", ".join(sorted(failed)))

@@ -1,8 +1,18 @@
-"""Cache keys for the stages, built from their real inputs: the data's sha256, the stage's own params
-section, and the code version. A re-run skips what is done and re-does exactly what changed.
+"""What each cached stage reads, declared once, and the stamp its outputs carry.
 
-The key deliberately ignores what a stage does not read (changing `train.epochs` keeps ingest and
-validate cached) and anything run-specific (MLflow run ids).
+`READS` says, per stage, which params sections, source files and upstream outputs it reads. From it:
+- `cache_key(stage, ...)`: a hash of exactly those inputs as they are now (the params' values, the
+  code's bytes, a digest of each upstream output). What a stage does not read (changing
+  `train.epochs` for ingest) does not move its key; run-specific things (MLflow ids, the folder) are
+  not in it.
+- the stamp: every stage writes `stage.json` into its outputs (the key, the inputs it was made from,
+  its summary). A re-run skips the stage only when the stamp's key equals this run's key
+  (`cached_summary`), and the downstream stages read only outputs whose stamp is current
+  (`is_current`): a number zooflow reports always belongs to this run's inputs.
+- `dvc.yaml`'s `deps:` and `params:` list the same things (a test holds them equal), and a training
+  checkpoint resumes only under the same train key (`tasks.train`).
+
+The stamps are plain JSON in the project folder: no Prefect result store is read, so nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -10,34 +20,112 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tasks.files import read_json, sha256_file, write_json
 from tasks.layout import Layout
 from tasks.params import Params
 
-PACKAGES = ("tasks", "models")
+ROOT = Path(__file__).resolve().parents[1]
+STAMP = "stage.json"
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the pipeline's source: editing a stage or a model invalidates what it produced."""
-    root = Path(__file__).resolve().parents[1]
+@dataclass(frozen=True)
+class Reads:
+    """What a stage reads: params sections, source code (files or folders), upstream outputs."""
+
+    params: tuple[str, ...]
+    code: tuple[str, ...]
+    outputs: tuple[str, ...] = ()
+
+
+COMMON_CODE = ("tasks/readers.py",)  # every stage reads its inputs through it
+
+READS: dict[str, Reads] = {
+    "ingest": Reads(("data",), ("tasks/ingest.py", "tasks/sources.py", "tasks/decode.py")),
+    "validate": Reads(("validate",), ("tasks/validate.py",), ("data/prepared",)),
+    "augment": Reads(("seed", "augment"), ("tasks/augment.py",), ("data/prepared",)),
+    "train": Reads(
+        ("seed", "device", "augment", "train"),
+        ("tasks/train.py", "tasks/engine.py", "tasks/optim.py", "tasks/augment.py", "tasks/distributed.py", "models"),
+        ("data/prepared", "data/augment", "reports/validation"),
+    ),
+    "evaluate": Reads(
+        ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
+    ),
+}
+STAGES = tuple(READS)
+
+
+# --------------------------------------------------------------------------- the inputs
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(paths: tuple[str, ...]) -> str:
+    """A hash of the source files under `paths` (relative to the project's code)."""
     digest = hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
+    for rel in sorted(paths):
+        path = ROOT / rel
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(ROOT).as_posix().encode())
+            digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def data_sha256(layout: Layout) -> str | None:
-    meta = layout.prepared / "meta.json"
-    return json.loads(meta.read_text()).get("data_sha256") if meta.exists() else None
+def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any]:
+    """The params a stage reads; for `train` only `arch`'s recipe (its override merged), without the keys
+    that change how a run executes but not what it computes (`TrainParams.EXECUTION_ONLY`)."""
+    out: dict[str, Any] = {}
+    for name in READS[stage].params:
+        if name == "train":
+            tp = params.train.for_arch(arch)
+            recipe = tp.model_dump(mode="json", exclude={"architectures", "overrides", "model_options",
+                                                         *tp.EXECUTION_ONLY})
+            out["train"] = {**recipe, "model_options": tp.model_options.get(arch, {})}
+        elif name in ("seed", "device"):
+            out[name] = getattr(params, name)
+        else:
+            out[name] = params.section(name)
+    return out
+
+
+def output_digest(path: str, layout: Layout, arch: str | None) -> str | None:
+    """What an upstream output is, cheaply: the data's hash, the stats' bytes, the weights' hash."""
+    folder = layout.root / path.format(arch=arch)
+    if path == "data/prepared":
+        meta = folder / "meta.json"
+        return read_json(meta).get("data_sha256") if meta.exists() else None
+    if path == "data/augment":
+        files = [folder / "stats.json", folder / "policy.json"]
+        return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest() if all(
+            f.exists() for f in files) else None
+    if path == "reports/validation":  # that validation passed, on this data
+        result = folder / "result.json"
+        if not result.exists():
+            return None
+        report = read_json(result)
+        return f"{report.get('data_sha256')}:{report.get('success')}"
+    if path == "outputs/train/{arch}":
+        weights = folder / "model.pt"
+        if not weights.exists():
+            return None
+        st = weights.stat()
+        return _file_sha256(str(weights), st.st_size, st.st_mtime_ns)
+    raise ValueError(f"no digest for {path!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is hashed again
+    return sha256_file(path)
 
 
 def source_identity(params: Params) -> dict[str, Any]:
-    """What ingest reads: the source's files by name, size and modification time (cheap to list)."""
+    """What ingest reads besides params: the source's files by name, size and modification time."""
     path = Path(params.data.path) if params.data.path else None
     if path is None or not path.exists():
         return {"source": params.data.source}
@@ -47,53 +135,83 @@ def source_identity(params: Params) -> dict[str, Any]:
 
 
 def stage_inputs(stage: str, params: Params, layout: Layout, arch: str | None = None) -> dict[str, Any]:
-    """Exactly what `stage` reads."""
-    data = {"data_sha256": data_sha256(layout)}
+    """Exactly what `stage` reads, as it is now."""
+    reads = READS[stage]
+    inputs: dict[str, Any] = {"stage": stage, "arch": arch, "params": params_inputs(stage, params, arch),
+                              "code": code_digest(tuple(reads.code) + COMMON_CODE),
+                              "outputs": {p: output_digest(p, layout, arch) for p in reads.outputs}}
     if stage == "ingest":
-        return {"data": params.section("data"), "source": source_identity(params)}
-    if stage == "validate":
-        return {**data, "validate": params.section("validate")}
-    if stage == "augment":
-        return {**data, "augment": params.section("augment"), "seed": params.seed}
-    if stage in ("train", "evaluate"):
-        trained = {
-            **data,
-            "arch": arch,
-            "augment": params.section("augment"),
-            "train": params.train.for_arch(arch).model_dump(mode="json", exclude={"architectures", "overrides"}),
-            "model_options": params.train.model_options.get(arch, {}),
-            "seed": params.seed,
-            "device": params.device,
-        }
-        return trained if stage == "train" else {**trained, "evaluate": params.section("evaluate")}
-    raise ValueError(f"stage {stage!r} is not cached")
+        inputs["source"] = source_identity(params)
+    return inputs
 
 
 def cache_key(stage: str, params: Params, layout: Layout, arch: str | None = None) -> str:
-    # The project folder is part of the key: Prefect keeps cache records in one store per user
-    # (~/.prefect/storage), and another clone's outputs are not this one's.
-    blob = json.dumps(
-        {"stage": stage, "code": code_version(), "project": layout.root.as_posix(),
-         **stage_inputs(stage, params, layout, arch)},
-        sort_keys=True,
-        default=str,
-    )
-    return f"zooflow-{stage}-{arch or 'all'}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+    blob = json.dumps(stage_inputs(stage, params, layout, arch), sort_keys=True, default=str)
+    return f"{stage}-{arch or 'all'}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
 
 
-def prefect_key(task_ctx: Any, inputs: dict[str, Any]) -> str:
-    """A Prefect `cache_key_fn`: stage tasks take (params, layout[, arch, ...])."""
-    stage = task_ctx.task.name
-    return cache_key(stage, inputs["params"], inputs["layout"], inputs.get("arch"))
+# --------------------------------------------------------------------------- the stamp
 
 
-def outputs_present(stage: str, layout: Layout, arch: str | None = None) -> bool:
-    """Whether the stage's outputs are on disk: a cached state is only trusted when they are."""
-    marker = {
-        "ingest": lambda: layout.prepared / "meta.json",
-        "validate": lambda: layout.validation / "result.json",
-        "augment": lambda: layout.augment / "stats.json",
-        "train": lambda: layout.train(arch) / "model.pt",
-        "evaluate": lambda: layout.eval(arch) / "metrics.json",
+def output_folder(stage: str, layout: Layout, arch: str | None = None) -> Path:
+    return {
+        "ingest": lambda: layout.prepared,
+        "validate": lambda: layout.validation,
+        "augment": lambda: layout.augment,
+        "train": lambda: layout.train(arch),
+        "evaluate": lambda: layout.eval(arch),
     }[stage]()
-    return marker.exists()
+
+
+def read_stamp(stage: str, layout: Layout, arch: str | None = None) -> dict | None:
+    path = output_folder(stage, layout, arch) / STAMP
+    try:
+        return read_json(path) if path.exists() else None
+    except ValueError:  # a broken stamp vouches for nothing
+        return None
+
+
+def is_current(stage: str, params: Params, layout: Layout, arch: str | None = None) -> bool:
+    """Whether the outputs of `stage` on disk were made by this run's inputs."""
+    stamp = read_stamp(stage, layout, arch)
+    return stamp is not None and stamp.get("key") == cache_key(stage, params, layout, arch)
+
+
+def cached_summary(stage: str, params: Params, layout: Layout, arch: str | None = None) -> dict | None:
+    """The summary the stage returned when it made the outputs on disk, if they match this run's inputs."""
+    stamp = read_stamp(stage, layout, arch)
+    if stamp is None or stamp.get("key") != cache_key(stage, params, layout, arch):
+        return None
+    return stamp.get("summary")
+
+
+def run_stage(stage: str, fn: Callable[..., dict], params: Params, layout: Layout, *args: Any,
+              arch: str | None = None) -> dict:
+    """Run the stage function, then stamp its outputs with the key of the inputs it ran on.
+
+    The key is taken before the run: what the stage read is what was there when it started."""
+    key, inputs = cache_key(stage, params, layout, arch), stage_inputs(stage, params, layout, arch)
+    summary = fn(params, layout, *args)
+    write_json(output_folder(stage, layout, arch) / STAMP, {
+        "key": key, "inputs": inputs, "summary": summary,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return summary
+
+
+def current_evaluations(params: Params, layout: Layout, archs: list[str]) -> dict[str, str]:
+    """{arch: evaluate key} for the architectures whose evaluation on disk was made by this run's inputs."""
+    out = {}
+    for arch in archs:
+        stamp = read_stamp("evaluate", layout, arch)
+        if stamp is not None and stamp.get("key") == cache_key("evaluate", params, layout, arch):
+            out[arch] = stamp["key"]
+    return out
+
+
+def ensemble_is_current(params: Params, layout: Layout) -> bool:
+    """Whether outputs/ensemble/ combines exactly evaluations that are current (it records their keys)."""
+    path = layout.ensemble / "members.json"
+    if not path.exists():
+        return False
+    keys = read_json(path).get("member_keys") or {}
+    return bool(keys) and current_evaluations(params, layout, list(keys)) == keys

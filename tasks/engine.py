@@ -15,8 +15,8 @@ timm's train.py:
     train_sgd         the epoch loop: resume, train, select on val, early stop, checkpoint
 
 A checkpoint is written atomically after every epoch; with `train.deterministic` on CPU a resumed run
-ends with exactly the weights of an uninterrupted one. A non-finite training loss stops the run with
-`TrainingDiverged`.
+ends with exactly the weights of an uninterrupted one. A train or val loss that is not finite, or has
+exploded, stops the run with `TrainingDiverged`: a diverged model is a failure, never a result.
 """
 
 from __future__ import annotations
@@ -50,11 +50,21 @@ CHECKPOINT_FORMAT = 1
 
 
 class TrainingDiverged(UserError):
-    """The training loss became NaN or infinite: the recipe (usually the learning rate) is at fault."""
+    """The loss became NaN, infinite or exploded: the recipe (usually the learning rate) is at fault."""
 
-    def __init__(self, epoch: int, loss: float):
+    def __init__(self, epoch: int, what: str, loss: float):
         self.epoch, self.loss = epoch, loss
-        super().__init__(f"diverged at epoch {epoch + 1} (loss {loss})")
+        super().__init__(f"diverged at epoch {epoch + 1} ({what} {loss:.3g})")
+
+
+def check_diverged(row: dict, num_classes: int) -> None:
+    """Raise `TrainingDiverged` when an epoch's train or val loss is not finite, or is over a thousand
+    times chance (ln K): a model whose weights blew up, which no later epoch brings back."""
+    limit = 1000 * math.log(max(num_classes, 2))
+    for key, what in (("train_loss", "loss"), ("val_loss", "val loss")):
+        value = row.get(key)
+        if value is not None and not (math.isfinite(value) and value <= limit):
+            raise TrainingDiverged(row["epoch"], what, value)
 
 
 # --------------------------------------------------------------------------- device and seeds
@@ -473,10 +483,9 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
         progress.start(epoch, steps)
         row = train_one_epoch(state=state, forward=forward, data=train_data, augmenter=augmenter, perm=perm,
                               steps=steps, batch_size=bs, generator=g_dev, tp=tp, device=device, progress=progress)
-        if not math.isfinite(row["train_loss"]):
-            raise TrainingDiverged(epoch, row["train_loss"])
         val = evaluate(state.selected, val_data, stats=stats, batch_size=eval_bs, tp=tp, device=device)
         row = {"epoch": epoch, **row, "val_loss": val["loss"], "val_acc": val["acc"]}
+        check_diverged(row, num_classes)
         if state.ema is not None:
             raw = evaluate(model, val_data, stats=stats, batch_size=eval_bs, tp=tp, device=device)
             row["val_acc_raw"], row["val_loss_raw"] = raw["acc"], raw["loss"]

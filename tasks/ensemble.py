@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import caching
 from tasks.errors import UserError
 from tasks.evaluate import classification_report, logits_file, nll, scalars, softmax
 from tasks.files import atomic_dir, read_json, save_npy, write_json
@@ -155,20 +156,21 @@ def ensemble_logits(members: list[str], val_logits: list[np.ndarray], test_logit
     }
 
 
-def evaluated_members(params: Params, layout: Layout) -> list[str]:
+def evaluated_members(params: Params, layout: Layout) -> dict[str, str]:
+    """{arch: evaluate key} of the members: evaluated by this run's inputs (a failed or stale one is left out)."""
     names = params.ensemble.members or params.train.architectures
-    found = [a for a in names if logits_file(layout.eval(a), "val").exists()
-             and logits_file(layout.eval(a), "test").exists()]
+    found = caching.current_evaluations(params, layout, names)
     missing = [a for a in (params.ensemble.members or []) if a not in found]
     if missing:
-        raise UserError(f"ensemble.members: {', '.join(missing)} not evaluated (no logits under "
-                        f"{layout.eval(missing[0])}); run `zooflow evaluate --arch {missing[0]}` first")
+        raise UserError(f"ensemble.members: {', '.join(missing)} has no evaluation of this run's inputs under "
+                        f"{layout.eval(missing[0])}; run `zooflow evaluate --arch {missing[0]}` first")
     return found
 
 
 def ensemble(params: Params, layout: Layout) -> dict:
     """Combine the evaluated architectures' saved logits; write `layout.ensemble`; return a summary."""
-    members = evaluated_members(params, layout)
+    member_keys = evaluated_members(params, layout)
+    members = list(member_keys)
     if not members:
         raise UserError(f"ensemble: no evaluated architecture under {layout.eval('*').parent}; run evaluate first")
     def load(arch: str, split: str, kind: str = "logits") -> np.ndarray:
@@ -184,6 +186,7 @@ def ensemble(params: Params, layout: Layout) -> dict:
     classes = _classes(layout, members[0], val_logits[0].shape[1])
     result = ensemble_logits(members, val_logits, test_logits, val_labels, test_labels, classes, params)
     val_probs, test_probs = result.pop("_probs")
+    result["member_keys"] = member_keys
     with atomic_dir(layout.ensemble) as out:
         write_json(out / "members.json", result)
         write_json(out / "metrics.json", {"val": result["chosen"]["val"], "test": result["chosen"]["test"],

@@ -30,6 +30,7 @@ from tasks.files import atomic_dir, read_json, save_npy, write_json
 from tasks.layout import Layout
 from tasks.params import Params
 from tasks.engine import pick_device
+from tasks.errors import UserError
 from tasks.readers import load_prepared, load_trained, preprocessing
 from tasks.serving import preprocess
 
@@ -282,6 +283,10 @@ def evaluate_model(model: nn.Module, splits: dict[str, tuple[np.ndarray, np.ndar
     for split, (images, labels) in splits.items():
         labels = np.asarray(labels, dtype=np.int64)
         logits = predict_logits(model, images, prep, ep.batch_size, device)
+        if not np.isfinite(logits).all():
+            bad = int((~np.isfinite(logits)).any(axis=1).sum())
+            raise UserError(f"the model's outputs are not finite on {bad} of {len(logits)} {split} images: it "
+                            f"diverged; lower train.optimizer.lr or set train.grad_clip")
         probs = softmax(logits.astype(np.float64))
         rep = classification_report(probs, labels, classes, ep.ece_bins)
         report[split] = rep
@@ -343,9 +348,11 @@ def evaluate_tracked(params: Params, layout: Layout, arch: str, run_id: str | No
     training opened."""
     from tasks import tracking
 
-    summary = evaluate(params, layout, arch)
     run_id = run_id or tracking.arch_run_id(layout, arch)
-    if run_id:
+    if not run_id:
+        return evaluate(params, layout, arch)
+    with tracking.ending(params, run_id):
+        summary = evaluate(params, layout, arch)
         folder = layout.eval(arch)
         metrics = read_json(folder / "metrics.json")
         if (folder / "speed.json").exists():

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tasks import caching
 from tasks.files import atomic_path, read_json, write_text
 from tasks.layout import Layout
 from tasks.params import Params
@@ -38,17 +39,16 @@ def _info(arch: str) -> tuple[str, int | None]:
     return (info.family, info.year) if info else ("?", None)
 
 
-def arch_row(layout: Layout, arch: str) -> dict[str, Any]:
-    metrics = _read(layout.eval(arch) / "metrics.json")
-    train = _read(layout.train(arch) / "train.json")
+def arch_row(layout: Layout, arch: str, current: bool) -> dict[str, Any]:
+    """One architecture's row; its numbers only when its evaluation is `current` (made by this run's inputs)."""
+    metrics = _read(layout.eval(arch) / "metrics.json") if current else {}
+    train = _read(layout.train(arch) / "train.json") if current else {}
     family, year = _info(arch)
     val, test = metrics.get("val", {}), metrics.get("test", {})
-    if metrics:
+    if current:
         status = "ok"
-    elif train:
-        status = "not evaluated"
-    elif (layout.train(arch)).exists():
-        status = "failed"
+    elif layout.eval(arch).exists() or layout.train(arch).exists():
+        status = "stale: outputs on disk are from other inputs; re-run"
     else:
         status = "not trained"
     return {
@@ -56,7 +56,7 @@ def arch_row(layout: Layout, arch: str) -> dict[str, Any]:
         "val_acc": val.get("accuracy"), "test_acc": test.get("accuracy"),
         "val_nll": val.get("nll"), "val_ece": val.get("ece"),
         "params": metrics.get("params", train.get("params")), "flops": metrics.get("flops"),
-        "latency_ms": _read(layout.eval(arch) / "speed.json").get("latency_ms"),
+        "latency_ms": _read(layout.eval(arch) / "speed.json").get("latency_ms") if current else None,
         "train_seconds": train.get("train_seconds"), "status": status,
     }
 
@@ -171,11 +171,12 @@ def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None 
     `failures` ({arch: reason}) marks architectures whose training or evaluation failed in this run,
     whatever older outputs lie on disk."""
     failures = failures or {}
-    rows = [arch_row(layout, arch) for arch in params.train.architectures]
+    current = caching.current_evaluations(params, layout, params.train.architectures)
+    rows = [arch_row(layout, arch, arch in current and arch not in failures) for arch in params.train.architectures]
     for row in rows:
         if row["arch"] in failures:
-            row.update(status=f"failed: {failures[row['arch']]}"[:200], val_acc=None, test_acc=None)
-    extra = ensemble_row(params, layout, rows)
+            row["status"] = f"failed: {failures[row['arch']]}"[:200]
+    extra = ensemble_row(params, layout, rows) if caching.ensemble_is_current(params, layout) else None
     if extra:
         rows.append(extra)
     rows.sort(key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0), r["params"] or 0))

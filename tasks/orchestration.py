@@ -8,13 +8,16 @@ calls it; `task_runner` fans architectures out; the artifacts are the run's page
 
 from __future__ import annotations
 
-from pathlib import Path
+import errno
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import caching
@@ -24,29 +27,63 @@ from tasks.params import Params
 
 
 def stage_task(fn: Callable, name: str) -> Task:
-    """A stage's plain function as a Prefect task named `name` (the stage name its cache keys use)."""
-    return task(name=name)(fn)
+    """A stage's plain function as a Prefect task named `name`. A cached stage (`caching.READS`) first
+    looks at the stamp of its outputs: made by this run's inputs, it answers `Cached` with the summary the
+    stamp keeps; else it runs and stamps them. Prefect's own result store is not used: no record in it
+    is ever read, so nothing is unpickled."""
+    if name in caching.STAGES:
+        fn = _reusing(fn, name)
+    return task(name=name, cache_policy=NO_CACHE, persist_result=False)(fn)
+
+
+def _reusing(fn: Callable, stage: str) -> Callable:
+    @functools.wraps(fn)
+    def run(params: Params, layout: Layout, *args: Any) -> Any:
+        arch = args[0] if stage in ("train", "evaluate") else None
+        if params.orchestration.cache:
+            summary = caching.cached_summary(stage, params, layout, arch)
+            if summary is not None:
+                folder = caching.output_folder(stage, layout, arch).relative_to(layout.root)
+                return Completed(name="Cached", data=summary,
+                                 message=f"{folder} was made by the same inputs (data, params, code)")
+        return caching.run_stage(stage, fn, params, layout, *args, arch=arch)
+
+    return run
+
+
+# Errors that a retry can heal: the network, a server, a busy database. Bad params, bad data, a
+# diverged model and programming errors (TypeError, KeyError, ...) fail the same way every time.
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ECONNRESET, errno.ECONNREFUSED,
+                     errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, UserError):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):  # requests' and urllib's errors are OSErrors too
+        return exc.errno is None or exc.errno in _TRANSIENT_ERRNOS
+    name = type(exc).__name__
+    if name == "MlflowException":  # the tracking server answered 5xx, or not at all
+        return getattr(exc, "get_http_status_code", lambda: 500)() >= 500
+    return name == "OperationalError" and "locked" in str(exc)  # SQLite: database is locked
 
 
 def transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry a failed stage unless the user's input is at fault: bad params or bad data never heal."""
+    """Retry a failed stage only when its error may heal (`is_transient`)."""
     try:
         state.result()
-    except UserError:
-        return False
-    except Exception:  # anything else (HTTP, file system, OOM) may be transient
-        return True
+    except Exception as exc:  # noqa: BLE001 - classify, never swallow: the state stays failed
+        return is_transient(exc)
     return False
 
 
-CACHED_STAGES = ("ingest", "validate", "augment", "train", "evaluate")
-
-
 def configured(task: Task, params: Params, layout: Layout, arch: str | None = None) -> Task:
-    """`task` with the retries, timeout and cache that params.orchestration sets for its stage."""
+    """`task` with the retries and timeout that params.orchestration sets for its stage."""
     stage = task.name
     orch = params.orchestration
-    options: dict[str, Any] = dict(
+    return task.with_options(
         retries=orch.retries,
         retry_delay_seconds=[orch.retry_delay_seconds * 2**i for i in range(max(orch.retries, 1))],
         retry_condition_fn=transient_only,
@@ -54,14 +91,22 @@ def configured(task: Task, params: Params, layout: Layout, arch: str | None = No
         task_run_name=f"{stage}-{arch}" if arch else stage,  # "train-lenet5" in the UI and the client
         log_prints=True,  # the per-epoch lines of training show up in the Prefect UI's logs
     )
-    if stage in CACHED_STAGES and orch.cache:
-        # Outputs deleted since the cached run: run again rather than hand on a result whose files are gone.
-        options.update(
-            cache_key_fn=caching.prefect_key,
-            persist_result=True,
-            refresh_cache=not caching.outputs_present(stage, layout, arch),
-        )
-    return task.with_options(**options)
+
+
+def call(task: Task, params: Params, layout: Layout, *args: Any) -> Any:
+    """Run a stage in the flow, configured, and return its summary (a Cached stage's too: called
+    directly, Prefect hands back the state a task returned, not its data)."""
+    return configured(task, params, layout)(params, layout, *args, return_state=True).result()
+
+
+def failure_reason(state: State) -> str:
+    """The one line a user reads for a failed stage: a UserError's own message, else type and message."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, UserError):
+        return str(exc).splitlines()[0]
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    return state.message or state.name
 
 
 def task_runner(params: Params) -> Any:

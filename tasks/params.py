@@ -7,12 +7,13 @@ the allowed values, raised before any stage does work.
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ParamsError
 
@@ -153,6 +154,9 @@ class ScheduleParams(Section):
 
 
 class TrainParams(Section):
+    # How a run executes, not what it computes: outside the cache key and the resume fingerprint.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"resume", "progress", "num_threads", "data_placement"})
+
     architectures: list[str] = Field(
         default_factory=lambda: ["knn", "lenet5", "resnet20"],
         min_length=1,
@@ -232,11 +236,12 @@ class EnsembleParams(Section):
 
 
 class RegisterParams(Section):
-    model_name: str = Field(
-        "digits-classifier",
+    model_name: str | None = Field(
+        None,
         min_length=1,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-        description="the registered model in the MLflow registry",
+        description="the registered model in the MLflow registry; null: named after the data, "
+                    "`<source or folder name>-classifier` (digits-classifier, cifar10-classifier, pets-classifier)",
     )
     min_delta: float = Field(0.0, ge=0, description="val accuracy the challenger must gain over staging")
     candidates: Literal["all", "single", "ensemble"] = Field(
@@ -263,6 +268,9 @@ class OrchestrationParams(Section):
     cache: bool = Field(True, description="skip stages whose inputs (data, params, code) are unchanged")
     retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
     retry_delay_seconds: float = Field(5.0, ge=0, description="first retry delay; doubles on each retry")
+    lock_wait_seconds: float = Field(
+        0, ge=0, description="another run holds the project folder: wait this long for it, then refuse (exit 75)"
+    )
     timeout_seconds: dict[str, float] = Field(
         default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
     )
@@ -287,9 +295,28 @@ class Params(Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _default_model_name(self) -> Params:
+        if self.register.model_name is None:
+            self.register.model_name = f"{data_name(self.data)}-classifier"
+        return self
+
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain data (for cache keys, MLflow params, DVC)."""
         return self.model_dump(mode="json", by_alias=True)[name]
+
+
+def data_name(data: DataParams) -> str:
+    """A registry-safe name for the dataset: the source, or the folder / archive / manifest it is read from."""
+    import re
+
+    if data.source in ("folder", "archive", "idx", "csv") and data.path:
+        stem = Path(data.path.rstrip("/\\")).name
+        for suffix in (".tar.gz", ".tgz", ".tar", ".zip", ".csv"):
+            stem = stem.removesuffix(suffix)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")
+        return name or data.source
+    return data.source
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -302,13 +329,34 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as DVC reads params.yaml (YAML 1.2): only true/false are booleans, so `progress: off` and
+    `-S train.progress=off` mean the string "off", not False as in PyYAML's YAML 1.1."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")  # 1e-3, 5E4: floats in YAML 1.2
+for _first in "-+0123456789.":
+    _Yaml12Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, ("tag:yaml.org,2002:float", _FLOAT_12))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.epochs=3` -> (["train", "epochs"], 3); the value is YAML, as in `dvc exp run -S`."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {text!r}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ParamsError(f"override {text!r}: value {raw!r} is not valid YAML") from None
     return key.strip().split("."), value
@@ -346,7 +394,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     raw: dict = {}
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ParamsError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):

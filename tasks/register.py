@@ -12,6 +12,8 @@ version whose registration did not complete is deleted again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -25,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tasks import tracking
+from tasks import caching, tracking
 from tasks.errors import UserError
 from tasks.files import read_json, write_json
 from tasks.layout import Layout
@@ -102,11 +104,9 @@ def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
     """Every registrable candidate with its val/test metrics: single architectures and the ensemble."""
     out = []
     if params.register.candidates in ("all", "single"):
-        for arch in params.train.architectures:
-            path = layout.eval(arch) / "metrics.json"
-            if path.exists():
-                m = read_json(path)
-                out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
+        for arch in caching.current_evaluations(params, layout, params.train.architectures):
+            m = read_json(layout.eval(arch) / "metrics.json")
+            out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
                             "val": m["val"], "test": m["test"], "params": m.get("params")})
     ens = layout.ensemble / "members.json"
     if params.register.candidates in ("all", "ensemble") and ens.exists():
@@ -122,8 +122,8 @@ def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
 def best_candidate(cands: list[dict]) -> dict:
     """Chosen on val only: accuracy, then NLL; a tie goes to the single model (simpler to serve)."""
     if not cands:
-        raise UserError("register: nothing to register — no evaluated architecture under outputs/eval/ "
-                        "(run `zooflow evaluate --arch NAME` or `zooflow run` first)")
+        raise UserError("register: nothing to register — no architecture evaluated with this run's inputs "
+                        "under outputs/eval/ (run `zooflow evaluate --arch NAME` or `zooflow run` first)")
     return max(cands, key=lambda c: (c["val"]["accuracy"], -c["val"]["nll"], c["kind"] == "single"))
 
 
@@ -319,11 +319,58 @@ def register(params: Params, layout: Layout, parent_run_id: str | None = None) -
                               np.asarray(val_images), np.asarray(val_labels), parent_run_id)
 
 
+def bundle_sha256(members: dict[str, tuple[torch.nn.Module, dict, float]], vote: str, classes: list[str],
+                  prep: dict, data_sha256: str) -> str:
+    """What makes a registered model the same model: every member's weights and build, the vote, the
+    preprocessing and the data it was chosen on."""
+    digest = hashlib.sha256(json.dumps({"vote": vote, "classes": classes, "prep": prep, "data": data_sha256,
+                                        "members": {a: [kw, w] for a, (_, kw, w) in sorted(members.items())}},
+                                       sort_keys=True, default=str).encode())
+    for arch, (model, _, _) in sorted(members.items()):
+        for key, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{arch}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def registered_twin(client, name: str, sha: str):
+    """The version of `name` that holds exactly this model (same `zooflow.bundle_sha256`), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    twins = [v for v in versions if (v.tags or {}).get(f"{TAG}bundle_sha256") == sha and v.status == "READY"]
+    return max(twins, key=lambda v: int(v.version)) if twins else None
+
+
 def register_candidate(params: Params, layout: Layout, cand: dict, members: dict, classes: list[str],
                        prep: dict, lineage: dict, train_info: dict, val_images: np.ndarray, val_labels: np.ndarray,
                        parent_run_id: str | None = None) -> dict:
-    """Bundle `members`, check the bundle reproduces the val accuracy, log, register, alias."""
+    """Bundle `members`, check the bundle reproduces the val accuracy, log, register, alias.
+
+    A model bit-identical to a registered version (same weights, build, vote and data) is not registered
+    again: `challenger` points at that version and the summary says so (`new: false`)."""
     client = connect(params)
+    name = params.register.model_name
+    sha = bundle_sha256(members, cand["vote"], classes, prep, lineage["data_sha256"])
+    with server_errors(params, "looking for an identical registered version"):
+        twin = registered_twin(client, name, sha)
+    if twin is not None:
+        with server_errors(params, "moving @challenger"):
+            client.set_registered_model_alias(name, "challenger", twin.version)
+        tags = twin.tags or {}
+        summary = {"name": name, "version": str(twin.version), "alias": "challenger", "new": False,
+                   "why": f"identical to version {twin.version} (same weights and data): nothing new registered",
+                   "candidate": cand["name"], "kind": cand["kind"], "members": cand["members"],
+                   "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
+                   "served_val_accuracy": float(tags.get(f"{TAG}served_val_accuracy", "nan")),
+                   "run_id": twin.run_id, "model_uri": f"models:/{name}/{twin.version}",
+                   "eval_status": tags.get(f"{TAG}eval_status", "unknown")}
+        write_json(layout.register / "registered.json", summary)
+        return summary
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
         write_bundle(bundle, members, cand["vote"], classes, prep)
@@ -338,24 +385,22 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
             f"{TAG}data_sha256": lineage["data_sha256"], f"{TAG}git_commit": lineage["git_commit"],
             f"{TAG}source_runs": ",".join(f"{a}={r}" for a, r in lineage["runs"].items()),
             f"{TAG}parent_run_id": parent_run_id or "",
+            f"{TAG}bundle_sha256": sha,
             f"{TAG}eval_status": "passed" if abs(served_acc - cand["val"]["accuracy"]) <= 0.02 else "failed",
         }
         description = model_card(cand, lineage, train_info, params)
         with server_errors(params, "registering the model"):
             run_id = tracking.start_run(params, "register", parent_run_id,
                                         tags={f"{TAG}stage": "register", f"{TAG}candidate": cand["name"]})
-            try:
+            with tracking.ending(params, run_id):
                 tracking.log_metrics(params, run_id, {"val_accuracy": cand["val"]["accuracy"],
                                                       "test_accuracy": cand["test"]["accuracy"],
                                                       "served_val_accuracy": served_acc})
                 example = np.ascontiguousarray(val_images[:2])
                 info = log_pyfunc(params, run_id, bundle, example)
                 version = register_version(params, client, info, run_id, description, tags)
-            except BaseException:
-                tracking.end_run(params, run_id, "FAILED")
-                raise
-            tracking.end_run(params, run_id, "FINISHED")
-    summary = {"name": params.register.model_name, "version": str(version.version), "alias": "challenger",
+    summary = {"name": name, "version": str(version.version), "alias": "challenger", "new": True,
+               "why": f"registered as version {version.version}",
                "candidate": cand["name"], "kind": cand["kind"], "members": cand["members"],
                "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
                "served_val_accuracy": served_acc, "run_id": run_id, "model_uri": info.model_uri,

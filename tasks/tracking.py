@@ -4,9 +4,11 @@ threads or in separate processes (`dvc repro`) never share a fluent "active run"
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,27 @@ def start_run(params: Params, name: str, parent_run_id: str | None = None, tags:
 
 def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:
     client(params).set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def ending(params: Params, run_id: str) -> Iterator[None]:
+    """End run `run_id` however the block ends: FINISHED, FAILED on an error, KILLED on an interrupt."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        _end_quietly(params, run_id, "KILLED")
+        raise
+    except BaseException:
+        _end_quietly(params, run_id, "FAILED")
+        raise
+    end_run(params, run_id, "FINISHED")
+
+
+def _end_quietly(params: Params, run_id: str, status: str) -> None:
+    try:
+        end_run(params, run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the error that ended the block is the one to report
+        print(f"warning: MLflow run {run_id} could not be marked {status}: {exc}", file=sys.stderr)
 
 
 def new_arch_run(params: Params, layout: Layout, arch: str, parent_run_id: str | None = None) -> str:

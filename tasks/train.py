@@ -13,34 +13,16 @@ outputs and, in `train_tracked`, logs the run to MLflow.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 
 import numpy as np
 
 import models
-from tasks import augment as aug
-from tasks import distributed, engine
+from tasks import caching, distributed, engine
 from tasks.files import write_json
 from tasks.layout import Layout
 from tasks.params import Params, TrainParams
 from tasks.readers import PreparedData, build_model, load_prepared, load_stats
-
-
-def fingerprint(params: Params, tp: TrainParams, arch: str, data: PreparedData, stats: aug.Stats) -> str:
-    """What a checkpoint was trained with; a resume needs the same."""
-    keep = tp.model_dump(mode="json", exclude={"architectures", "overrides", "resume", "progress", "num_threads"})
-    keep["model_options"] = tp.model_options.get(arch, {})
-    blob = {
-        "arch": arch,
-        "seed": params.seed,
-        "train": keep,
-        "augment": params.augment.model_dump(mode="json", exclude={"preview_images"}),
-        "data": data.data_sha256,
-        "stats": stats.to_json(),
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
 def build_args(tp: TrainParams, arch: str, data: PreparedData) -> dict:
@@ -76,7 +58,7 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     else:
         result = engine.train_sgd(model=model, name=arch, **splits, stats=stats, augment=params.augment, tp=tp,
                                   seed=params.seed, num_classes=data.num_classes, device=device, out=out,
-                                  fingerprint=fingerprint(params, tp, arch, data, stats), run_id=run_id, log=log)
+                                  fingerprint=caching.cache_key("train", params, layout, arch), run_id=run_id, log=log)
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return {**common, "rank": distributed.rank(), "epochs_run": result["epochs_run"],
                 "best_val_acc": result["best"]["val_acc"]}
@@ -130,14 +112,16 @@ def train_tracked(params: Params, layout: Layout, arch: str, parent_run_id: str 
         )
     except Exception as exc:  # noqa: BLE001 - a re-run into the same run with changed params: MLflow refuses
         print(f"[train {arch}] MLflow params not logged: {exc}", file=sys.stderr)
-    summary = train(params, layout, arch, run_id=run_id, log=tracking.metric_logger(params, run_id))
-    tracking.log_metrics(
-        params,
-        run_id,
-        {k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds", "params", "best_epoch") if k in summary},
-    )
-    out = layout.train(arch)
-    for name in ("train.json", "history.json", "curves.png"):
-        if (out / name).exists():
-            tracking.log_artifact(params, run_id, out / name, "train")
+    with tracking.ending(params, run_id):  # evaluate logs into it later, and ends it again
+        summary = train(params, layout, arch, run_id=run_id, log=tracking.metric_logger(params, run_id))
+        tracking.log_metrics(
+            params,
+            run_id,
+            {k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds", "params", "best_epoch")
+             if k in summary},
+        )
+        out = layout.train(arch)
+        for name in ("train.json", "history.json", "curves.png"):
+            if (out / name).exists():
+                tracking.log_artifact(params, run_id, out / name, "train")
     return summary

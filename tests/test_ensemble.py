@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.ensemble import ensemble, ensemble_logits, fit_weights, greedy_selection, hard_vote, soft_vote
+from tasks import caching
 from tasks.evaluate import logits_file, softmax
 from tasks.files import save_npy, write_json
 from tasks.layout import Layout
@@ -86,12 +87,19 @@ def test_every_method_and_the_gain(tmp_path):
 def test_stage_reads_saved_logits_and_writes_the_choice(tmp_path):
     layout = Layout(tmp_path)
     (val, vl), (test, tl) = _members(5, n=120), _members(6, n=80)
+
+    def evaluated(v, t):  # what the evaluate stage leaves behind, stamped as the stage stamps it
+        def stage(params, layout, arch):
+            save_npy(logits_file(layout.eval(arch), "val"), v.astype(np.float32))
+            save_npy(logits_file(layout.eval(arch), "test"), t.astype(np.float32))
+            save_npy(logits_file(layout.eval(arch), "val", "labels"), vl)
+            save_npy(logits_file(layout.eval(arch), "test", "labels"), tl)
+            write_json(layout.eval(arch) / "report.json", {"classes": ["q", "r", "s", "t"]})
+            return {}
+        return stage
+
     for arch, v, t in zip(["knn", "linear"], val, test):
-        save_npy(logits_file(layout.eval(arch), "val"), v.astype(np.float32))
-        save_npy(logits_file(layout.eval(arch), "test"), t.astype(np.float32))
-        save_npy(logits_file(layout.eval(arch), "val", "labels"), vl)
-        save_npy(logits_file(layout.eval(arch), "test", "labels"), tl)
-        write_json(layout.eval(arch) / "report.json", {"classes": ["q", "r", "s", "t"]})
+        caching.run_stage("evaluate", evaluated(v, t), _params(tmp_path), layout, arch, arch=arch)
     summary = ensemble(_params(tmp_path, "ensemble.method=soft"), layout)  # lenet5 has no logits: skipped
     assert summary["method"] == "soft" and set(summary["members"]) == {"knn", "linear"}
     saved = json.loads((layout.ensemble / "members.json").read_text())
@@ -102,3 +110,6 @@ def test_stage_reads_saved_logits_and_writes_the_choice(tmp_path):
 
     with pytest.raises(UserError, match="lenet5"):
         ensemble(_params(tmp_path, "ensemble.members=[knn,lenet5]"), layout)
+    # evaluations made with other evaluate params are not this run's: nothing to combine
+    with pytest.raises(UserError, match="no evaluated architecture"):
+        ensemble(_params(tmp_path, "evaluate.ece_bins=10"), layout)

@@ -4,8 +4,14 @@ failing architecture, and the Dask task runner giving the sequential leaderboard
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import re
+import pickle
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -30,6 +36,7 @@ TINY = [
 def run_pipeline(overrides: list[str]):
     """The flow's final state and {task run name: state name} of every task run it made (subflows too)."""
     state = zoo_pipeline(params_file="params.yaml", overrides=TINY + overrides, return_state=True)
+    assert state.is_final()
     return state, task_states(state.state_details.flow_run_id)
 
 
@@ -58,31 +65,56 @@ def task_states(flow_run_id, settle_seconds: float = 60) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_rerun_is_cached_changed_epochs_retrain_deleted_outputs_rerun(project, prefect_harness):
-    archs = ["train.architectures=[knn, lenet5]"]
+def test_each_run_reports_its_own_numbers_and_reuses_only_its_own_outputs(project, prefect_harness):
+    """epochs 2 -> 1 -> 2 in one folder: the third run re-trains (the outputs on disk are the second's)
+    and reports exactly the first run's numbers; a fourth, identical run is Cached everywhere and
+    registers nothing new; outputs deleted behind its back are made again. No Prefect result record
+    is written, so none can be read (or unpickled)."""
+    results = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
+    before = set(results.rglob("*"))
+    marker = project / "pwned"  # a planted pickle that would write this file if anything unpickled it
+    (results / "zooflow-train-linear-planted").write_bytes(pickle.dumps(Plant(str(marker))))
+    archs = ["train.architectures=[knn, linear]", "train.overrides={linear: {epochs: 2}}"]
+
+    def board(state):
+        return {r["arch"]: (r["val_acc"], r["test_acc"], r["status"]) for r in state.result()["leaderboard"]}
+
     first, states = run_pipeline(archs)
-    assert first.is_completed()
-    assert states["train-lenet5"] == "Completed" and states["train-knn"] == "Completed"
-
-    second, states = run_pipeline(archs)
-    assert second.is_completed()
-    for name in ("ingest", "validate", "augment", "train-knn", "train-lenet5", "evaluate-knn", "evaluate-lenet5"):
-        assert states[name] == "Cached", (name, states)
-
-    # train.epochs is read by train (and evaluate, which reads its outputs), not by the data stages.
-    third, states = run_pipeline(archs + ["train.epochs=2"])
-    assert third.is_completed()
-    assert states["train-lenet5"] == "Completed" and states["evaluate-lenet5"] == "Completed"
+    assert first.is_completed() and states["train-linear"] == "Completed"
+    second, states = run_pipeline(["train.architectures=[knn, linear]", "train.overrides={linear: {epochs: 1}}"])
+    assert states["train-linear"] == "Completed" and states["train-knn"] == "Cached"
     assert states["ingest"] == states["validate"] == states["augment"] == "Cached"
-    history = (project / "outputs" / "train" / "lenet5" / "history.json").read_text()
-    assert '"epoch": 1' in history
+    assert board(second)["linear"] != board(first)["linear"]
 
-    # Outputs deleted behind Prefect's back: the cached state is not trusted, the stage runs again.
+    third, states = run_pipeline(archs)
+    assert states["train-linear"] == "Completed" and states["evaluate-linear"] == "Completed"
+    assert board(third)["linear"] == board(first)["linear"]
+    history = (project / "outputs" / "train" / "linear" / "history.json").read_text()
+    assert '"epoch": 1' in history  # two epochs: the files are this run's
+
+    fourth, states = run_pipeline(archs)
+    assert all(states[name] == "Cached" for name in ("ingest", "validate", "augment", "train-knn", "train-linear",
+                                                      "evaluate-knn", "evaluate-linear")), states
+    assert board(fourth) == board(first)
+    registered = fourth.result()["registered"]
+    assert registered["new"] is False and registered["version"] == third.result()["registered"]["version"]
+
     shutil.rmtree(project / "outputs" / "train" / "knn")
-    fourth, states = run_pipeline(archs + ["train.epochs=2"])
-    assert fourth.is_completed()
-    assert states["train-knn"] == "Completed" and states["train-lenet5"] == "Cached"
-    assert (project / "outputs" / "train" / "knn" / "model.pt").exists()
+    fifth, states = run_pipeline(archs)
+    assert states["train-knn"] == "Completed" and states["train-linear"] == "Cached"
+    assert board(fifth) == board(first)
+    assert set(results.rglob("*")) - before == {results / "zooflow-train-linear-planted"}
+    assert not marker.exists()
+
+
+class Plant:
+    """Unpickling this writes a file: what a planted cache record could do to a reader that unpickles."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).write_text, ("code ran",))
 
 
 # --------------------------------------------------------------------------- retries
@@ -99,6 +131,10 @@ def flaky(params, layout, kind: str, fail_times: int) -> str:
             raise ParamsError("train.batch_size: must be positive")
         if kind == "data":
             raise DataError("data/prepared/meta.json: unreadable")
+        if kind == "bug":
+            raise TypeError("build() got an unexpected keyword argument 'foo'")
+        if kind == "disk":
+            raise OSError(errno.ENOSPC, "No space left on device")
         raise OSError("NFS hiccup: stale file handle")  # transient
     return "ok"
 
@@ -114,6 +150,8 @@ def retrying(kind: str, fail_times: int):
     [
         ("params", 5, 1, "Failed"),  # a user error never heals: no retry
         ("data", 5, 1, "Failed"),
+        ("bug", 5, 1, "Failed"),  # a programming error fails the same way every time
+        ("disk", 5, 1, "Failed"),  # a full disk does not empty itself
         ("transient", 1, 2, "Completed"),  # one retry and it works
         ("transient", 5, 3, "Failed"),  # retries=2: three attempts, then give up
     ],
@@ -161,29 +199,61 @@ def test_a_stage_past_its_timeout_fails(project, prefect_harness):
 @pytest.mark.slow
 def test_failing_architecture_leaves_the_others_trained_and_registered(project, prefect_harness):
     # lenet5 is built with an option its builder refuses: that architecture fails, the others must not.
-    broken = ["train.architectures=[knn, lenet5, mlp]", "train.model_options={lenet5: {no_such_option: 1}}"]
+    # lenet5: an option its builder refuses (a TypeError: never retried); mlp: a learning rate that
+    # diverges (a failure, never a model). knn and linear must not be touched by either.
+    broken = ["train.architectures=[knn, lenet5, mlp, linear]", "train.model_options={lenet5: {no_such_option: 1}}",
+              "train.overrides={mlp: {optimizer: {lr: 1.0e6}}}", "orchestration.retries=2",
+              "orchestration.retry_delay_seconds=0"]
     state, states = run_pipeline(broken + ["orchestration.fail_fast=true"])
     assert state.is_failed()
-    assert "lenet5" in state.message
-    assert states["train-lenet5"] == "Failed"
-    assert states["train-knn"] == states["train-mlp"] == "Completed"
-    assert states["register"] == "Completed"
+    assert "lenet5" in state.message and "mlp" in state.message and "nothing registered" in state.message
+    assert states["train-lenet5"] == states["train-mlp"] == "Failed"
+    assert states["train-knn"] == states["train-linear"] == "Completed"
+    assert "register" not in states and "promote" not in states  # a failed run registers and promotes nothing
+    assert run_counts(state.state_details.flow_run_id, ["train-lenet5", "train-mlp"]) == [1, 1]
+    assert subflow_state(state.state_details.flow_run_id) == "Failed"
 
     rows = {row["arch"]: row for row in load_leaderboard(project)}
-    assert rows["lenet5"]["status"].startswith("failed: ")
-    assert "no_such_option" in rows["lenet5"]["status"]
-    assert rows["knn"]["status"] == rows["mlp"]["status"] == "ok"
+    assert rows["lenet5"]["status"].startswith("failed: TypeError") and "no_such_option" in rows["lenet5"]["status"]
+    assert re.fullmatch(r"failed: diverged at epoch 1 \((val )?loss (nan|inf|[0-9.]+e\+[0-9]+)\)", rows["mlp"]["status"])
+    assert rows["mlp"]["val_acc"] == rows["lenet5"]["val_acc"] == ""  # no numbers from a failure, stale or new
+    assert rows["knn"]["status"] == rows["linear"]["status"] == "ok"
+    client = MlflowClient()
+    assert client.search_registered_models() == []
 
-    version = MlflowClient().get_model_version_by_alias("digits-classifier", "challenger")
-    assert "lenet5" not in version.tags["zooflow.members"]
-
-    # fail_fast false: the same failure is reported, the run Completes (a model was registered).
+    # fail_fast false: the same failures are reported, the best of the others is registered.
     state, states = run_pipeline(broken + ["orchestration.fail_fast=false"])
     assert state.is_completed()
-    assert states["train-lenet5"] == "Failed" and states["train-knn"] == "Cached"
+    assert states["train-lenet5"] == states["train-mlp"] == "Failed" and states["train-knn"] == "Cached"
     summary = state.result()
-    assert set(summary["failed"]) == {"lenet5"}
-    assert summary["registered"]["version"]
+    assert set(summary["failed"]) == {"lenet5", "mlp"}
+    members = json.loads((project / "outputs" / "ensemble" / "members.json").read_text())["member_keys"]
+    assert set(members) == {"knn", "linear"}
+    version = client.get_model_version_by_alias("digits-classifier", "challenger")
+    assert str(version.version) == summary["registered"]["version"]
+    assert {m.split(":")[0] for m in version.tags["zooflow.members"].split(",")} <= {"knn", "linear"}
+    runs = client.search_runs([client.get_experiment_by_name("zooflow").experiment_id])
+    status = {}
+    for run in runs:
+        status.setdefault(run.data.tags.get("zooflow.arch", run.info.run_name), set()).add(run.info.status)
+    assert status["lenet5"] == status["mlp"] == {"FAILED"}
+    assert "RUNNING" not in set().union(*status.values())
+
+
+def run_counts(flow_run_id, names: list[str]) -> list[int]:
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[f.id for f in subflows])))
+    by_name = {run.name: run.run_count for run in runs}
+    return [by_name[name] for name in names]
+
+
+def subflow_state(flow_run_id) -> str:
+    with get_client(sync_client=True) as client:
+        (zoo,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    return zoo.state.name
 
 
 def load_leaderboard(project):

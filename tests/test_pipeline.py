@@ -37,7 +37,14 @@ def test_pipeline_registers_and_promotes_a_model_that_works(project, prefect_har
     accuracy = float(np.mean(np.asarray(predicted["label"]) == labels[:64]))
     assert accuracy > 0.85
 
-    # Same data, same params: the challenger is no better, so @staging stays where it was.
-    zoo_pipeline(params_file="params.yaml", overrides=SMALL_ZOO)
-    assert client.get_model_version_by_alias("digits-classifier", "challenger").version != staging.version
+    # Same data, same params: every stage is reused, the same model is chosen, and it is not registered
+    # again: @challenger and @staging stay on the one version.
+    again = zoo_pipeline(params_file="params.yaml", overrides=SMALL_ZOO)
+    assert again["registered"]["new"] is False and again["registered"]["version"] == str(staging.version)
+    assert "identical to version" in again["registered"]["why"]
+    assert [v.version for v in client.search_model_versions("name='digits-classifier'")] == [staging.version]
     assert client.get_model_version_by_alias("digits-classifier", "staging").version == staging.version
+    # Every MLflow run the two pipeline runs started was ended.
+    experiment = client.get_experiment_by_name("zooflow").experiment_id
+    statuses = [(r.info.run_name, r.info.status) for r in client.search_runs([experiment])]
+    assert len(statuses) >= 5 and {status for _, status in statuses} == {"FINISHED"}, statuses
