@@ -20,10 +20,11 @@ SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from tests.test_train import make_data, make_params   # registers the test models
+    from tests.test_train import make_data, make_params, register_test_models
     from tasks import augment as aug, train as tr
     from tasks.layout import Layout
 
+    register_test_models()
     data = make_data()
     aug.prepared = lambda layout: data
     if sys.argv[2] == "stall":
