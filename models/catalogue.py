@@ -65,9 +65,11 @@ def catalogue(names: list[str] | None = None) -> list[dict]:
         for size, classes in CLASSES_AT.items():
             value = None
             if info.trained_by == "sgd" and size in defined:
-                with torch.device("meta"):
-                    m = build(name, classes, in_channels=info.in_channels, image_size=size)
-                value = flops(m, info.in_channels, size)
+                counted = model  # the design-scale build, where the sizes agree
+                if size != design:
+                    with torch.device("meta"):
+                        counted = build(name, classes, in_channels=info.in_channels, image_size=size)
+                value = flops(counted, info.in_channels, size)
             row[f"flops_{size}"] = value
         rows.append(row)
     return rows

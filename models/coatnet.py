@@ -78,6 +78,10 @@ class TransformerBlock(nn.Module):
 
 
 class CoAtNet(Classifier):
+    """Features: S0 ... S4's map; head: global average pool, LayerNorm, pre-logits, `head`."""
+
+    classifier_path = "head"
+
     def __init__(self, depths: Sequence[int], dims: Sequence[int], num_classes: int, in_channels: int = 3,
                  image_size: int = 224, small: bool = False, drop_path: float = 0.0, head_dim: int = 32,
                  pre_logits: bool = True) -> None:
@@ -115,8 +119,6 @@ class CoAtNet(Classifier):
             elif isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-
-    classifier_path = "head"
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.s4(self.s3(self.s2(self.s1(self.s0(x)))))
