@@ -383,6 +383,9 @@ def test_nin_has_no_fully_connected_layer():
     class_maps = torch.relu(model.classifier(features))
     torch.testing.assert_close(model(x), class_maps.mean((2, 3)))
     assert n_params("nin", 10, image_size=32, width=0.5) < n_params("nin", 10, image_size=32) / 3
+    with torch.no_grad():  # the BN option (not in the paper): a BN before every ReLU of the mlpconvs
+        bn = models.build("nin", 10, width=0.25, batch_norm=True).eval()
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 8 and bn(x).shape == (2, 10)
 
 
 def test_stochastic_depth_is_the_identity_schedule_in_eval():
