@@ -8,16 +8,27 @@ own tower's maps; conv3 and the FC layers cross towers). ZFNet reuses this class
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-from torchvision.models import alexnet as tv_alexnet
+from torch import nn
+from torchvision.models.alexnet import AlexNet as TVAlexNet
 
 from models.blocks import is_small, replace_first_conv, require_size
+from models.classifier import SequentialHead
 from models.registry import register
 
 PAPER = "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional Neural Networks (2012)"
 
+# Sec. 3.3: b = a / (k + alpha sum_{j over n adjacent maps} a_j^2)^beta with k=2, n=5, alpha=1e-4, beta=0.75.
+LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
 
-class AlexNet(nn.Module):
+
+def local_response_norm() -> nn.LocalResponseNorm:
+    """The paper's local response normalisation. torch's LocalResponseNorm (as Caffe's LRN) divides
+    alpha by n, b = a / (k + alpha/n sum a_j^2)^beta, so the paper's alpha is passed as alpha * n;
+    passing 1e-4 itself would normalise with an effective alpha of 2e-5."""
+    return nn.LocalResponseNorm(LRN_N, alpha=LRN_ALPHA * LRN_N, beta=LRN_BETA, k=LRN_K)
+
+
+class AlexNet(SequentialHead):
     """`conv1`/`conv2` = (kernel, stride, padding) of the first two layers (ZFNet changes them);
     `width` scales the conv channels and `hidden` the FC layers, for small data."""
 
@@ -29,13 +40,12 @@ class AlexNet(nn.Module):
         c1, c2, c3, c4, c5 = (max(groups, int(c * width)) // groups * groups for c in (96, 256, 384, 384, 256))
         k1, s1, p1 = conv1
         k2, s2, p2 = conv2
-        # LRN with the paper's constants k=2, n=5, alpha=1e-4, beta=0.75.
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, k1, s1, p1), nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            local_response_norm(),
             nn.MaxPool2d(3, 2, ceil_mode=ceil_pool),
             nn.Conv2d(c1, c2, k2, s2, p2, groups=groups), nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            local_response_norm(),
             nn.MaxPool2d(3, 2, ceil_mode=ceil_pool),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c3, c4, 3, padding=1, groups=groups), nn.ReLU(inplace=True),
@@ -57,11 +67,9 @@ class AlexNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.avgpool(self.features(x)).flatten(1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.forward_features(x))
+class TorchvisionAlexNet(SequentialHead, TVAlexNet):
+    """torchvision's AlexNet, seen through the zoo's faces."""
 
 
 def small_alexnet_kwargs(stem_stride: int = 1) -> dict:
@@ -84,7 +92,7 @@ def alexnet(num_classes: int, in_channels: int = 3, image_size: int = 224, varia
 def alexnet_torchvision(num_classes: int, in_channels: int = 3, image_size: int = 224) -> nn.Module:
     """torchvision's smaller single-tower variant (64-192-384-256-256, no LRN): 61,100,840 params."""
     require_size("alexnet_torchvision", image_size, (224, 227))
-    model = tv_alexnet(num_classes=num_classes)
+    model = TorchvisionAlexNet(num_classes=num_classes)
     if in_channels != 3:
         model.features[0] = replace_first_conv(model.features[0], in_channels)
     return model

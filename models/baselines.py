@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
-from models.registry import FittedClassifier, register
+from models.classifier import Classifier, FittedClassifier
+from models.registry import register
 
 PAPER_KNN = "Cover & Hart, Nearest neighbor pattern classification (1967)"
 PAPER_BAYES = "Duda & Hart, Pattern Classification and Scene Analysis (1973)"
@@ -22,14 +23,14 @@ class KNearestNeighbors(FittedClassifier):
     majority vote (ties to the lowest class, as scikit-learn) and softmax gives probabilities.
     """
 
-    def __init__(self, num_classes: int, k: int = 5, metric: str = "l2", chunk: int = 256,
+    def __init__(self, num_classes: int, dim: int, k: int = 5, metric: str = "l2", chunk: int = 256,
                  smoothing: float = 0.5) -> None:
-        super().__init__()
+        super().__init__(num_classes, dim)
         if metric not in ("l1", "l2"):
             raise ValueError(f"knn metric must be 'l1' or 'l2', got {metric!r}")
         if k < 1:
             raise ValueError(f"knn k must be >= 1, got {k}")
-        self.num_classes, self.k, self.metric, self.chunk, self.smoothing = num_classes, k, metric, chunk, smoothing
+        self.k, self.metric, self.chunk, self.smoothing = k, metric, chunk, smoothing
         # The memorised training set: buffers, so state_dict() carries it.
         self.register_buffer("train_x", torch.empty(0, 0))
         self.register_buffer("train_y", torch.empty(0, dtype=torch.long))
@@ -45,18 +46,17 @@ class KNearestNeighbors(FittedClassifier):
         sq = (q * q).sum(1, keepdim=True) - 2 * q @ self.train_x.T + (self.train_x * self.train_x).sum(1)
         return sq.clamp_min_(0).sqrt_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
+    def scores(self, q: Tensor) -> Tensor:
+        n = q.shape[0]
         if self.train_x.numel() == 0:
-            return torch.full((n, self.num_classes), -math.log(self.num_classes), device=x.device)
-        q = x.flatten(1).float()
+            return torch.full((n, self.num_classes), -math.log(self.num_classes), device=q.device)
         k = min(self.k, len(self.train_y))
         votes = []
         for start in range(0, n, self.chunk):
             d = self.distances(q[start : start + self.chunk])
             nearest = d.topk(k, dim=1, largest=False).indices
             labels = self.train_y[nearest]
-            votes.append(torch.zeros(len(labels), self.num_classes, device=x.device).scatter_add_(
+            votes.append(torch.zeros(len(labels), self.num_classes, device=q.device).scatter_add_(
                 1, labels, torch.ones_like(labels, dtype=torch.float)))
         v = torch.cat(votes)
         a = self.smoothing
@@ -71,8 +71,8 @@ class GaussianNaiveBayes(FittedClassifier):
     """
 
     def __init__(self, num_classes: int, dim: int, var_smoothing: float = 1e-9) -> None:
-        super().__init__()
-        self.num_classes, self.var_smoothing = num_classes, var_smoothing
+        super().__init__(num_classes, dim)
+        self.var_smoothing = var_smoothing
         self.register_buffer("means", torch.zeros(num_classes, dim))
         self.register_buffer("variances", torch.ones(num_classes, dim))
         self.register_buffer("log_priors", torch.full((num_classes,), -math.log(num_classes)))
@@ -89,8 +89,7 @@ class GaussianNaiveBayes(FittedClassifier):
         self.variances = (sq - means * means).clamp_min(0).add(eps).float()
         self.log_priors = torch.log(counts / counts.sum()).float()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1).float()
+    def scores(self, x: Tensor) -> Tensor:
         # log N(x | mu, var) summed over pixels, expanded so it is one matmul for the whole batch.
         inv = 1.0 / self.variances
         joint = (
@@ -105,18 +104,18 @@ class GaussianNaiveBayes(FittedClassifier):
 
 @register("baselines", 1967, PAPER_KNN, trained_by="fit")
 def knn(num_classes: int, in_channels: int = 3, image_size: int = 32, k: int = 5, metric: str = "l2") -> nn.Module:
-    return KNearestNeighbors(num_classes, k=k, metric=metric)
+    return KNearestNeighbors(num_classes, in_channels * image_size * image_size, k=k, metric=metric)
 
 
 @register("baselines", 1967, PAPER_KNN, trained_by="fit")
 def knn_l1(num_classes: int, in_channels: int = 3, image_size: int = 32, k: int = 5) -> nn.Module:
-    return KNearestNeighbors(num_classes, k=k, metric="l1")
+    return KNearestNeighbors(num_classes, in_channels * image_size * image_size, k=k, metric="l1")
 
 
 @register("baselines", 1967, PAPER_KNN, trained_by="fit")
 def nearest_neighbor(num_classes: int, in_channels: int = 3, image_size: int = 32, metric: str = "l1") -> nn.Module:
     """The 1-NN of the lecture (L1 distance)."""
-    return KNearestNeighbors(num_classes, k=1, metric=metric)
+    return KNearestNeighbors(num_classes, in_channels * image_size * image_size, k=1, metric=metric)
 
 
 @register("baselines", 1973, PAPER_BAYES, trained_by="fit")
@@ -124,28 +123,38 @@ def bayes(num_classes: int, in_channels: int = 3, image_size: int = 32, var_smoo
     return GaussianNaiveBayes(num_classes, in_channels * image_size * image_size, var_smoothing)
 
 
-class LinearSoftmax(nn.Module):
+class LinearSoftmax(Classifier):
     """Multinomial logistic regression on the pixels: scores = W x + b."""
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x.flatten(1))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+    def representation(self, x: Tensor) -> Tensor:
+        return x
 
 
-class MultilayerPerceptron(nn.Module):
-    """Fully connected ReLU layers on the pixels (torchvision.ops.MLP), dropout between them."""
+class MultilayerPerceptron(Classifier):
+    """Fully connected ReLU layers on the pixels (torchvision.ops.MLP), dropout between them.
+
+    The features are the last hidden layer's activations; the head is the output layer."""
 
     def __init__(self, num_classes: int, dim: int, hidden: tuple[int, ...] = (512, 256), dropout: float = 0.1) -> None:
         super().__init__()
-        self.mlp = MLP(dim, [*hidden, num_classes], activation_layer=nn.ReLU, dropout=dropout)
+        layers = list(MLP(dim, [*hidden, num_classes], activation_layer=nn.ReLU, dropout=dropout))
         # torchvision's MLP puts dropout after the output layer too; logits must not be dropped.
-        self.mlp[-1] = nn.Identity()
+        layers[-1] = nn.Identity()
+        self.mlp = nn.Sequential(*layers)  # a plain Sequential, so it slices into features and head
+        self.classifier_path = f"mlp.{len(self.mlp) - 2}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(x.flatten(1))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.mlp[:-2](x.flatten(1))
+
+    def representation(self, x: Tensor) -> Tensor:
+        return x
 
 
 @register("baselines", 1958, "Rosenblatt / softmax regression: the linear classifier of cs231n")

@@ -4,9 +4,21 @@ Models are built on the meta device, so even ViT-B/16 or VGG-19 at 224x224 costs
 arithmetic: FlopCounterMode counts the FLOPs of a batch-1 forward from the shapes alone.
 (Deformable convolutions are not counted by FlopCounterMode: their offset convs are, the sampling
 is not.)
+
+Counting the whole zoo still takes half a minute, so the result is committed as `catalogue.json`
+beside this file, which `zooflow zoo` reads; regenerate it after changing the zoo with
+
+    python -m models.catalogue --write
+
+(tests/test_catalogue.py fails while the committed file is stale).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +28,9 @@ from models.blocks import count_params
 from models.registry import available, build
 
 SIZES_BY_SCALE = {"small": (32,), "imagenet": (224,), "any": (32, 224)}
+# Each input size with the class count it is counted at: CIFAR-10 scale, ImageNet-1k scale.
+CLASSES_AT = {32: 10, 224: 1000}
+PATH = Path(__file__).with_name("catalogue.json")
 
 
 def flops(model: nn.Module, in_channels: int, image_size: int) -> int:
@@ -27,30 +42,52 @@ def flops(model: nn.Module, in_channels: int, image_size: int) -> int:
     return counter.get_total_flops()
 
 
-def catalogue(image_sizes: tuple[int, ...] = (32, 224), num_classes: int = 1000, in_channels: int = 3,
-              small_num_classes: int = 10, names: list[str] | None = None) -> list[dict]:
-    """One dict per registered name: name, family, year, paper, scale, params, flops_<size>.
+def catalogue(names: list[str] | None = None) -> list[dict]:
+    """One dict per registered name, sorted by year: name, family, year, paper, scale, trained_by,
+    in_channels, params, design_size, design_classes, flops_32, flops_224.
 
-    Parameters are counted at the variant's design scale (ImageNet, 1000 classes, if it has one;
-    else CIFAR, 10 classes); FLOPs are None where a variant is not defined at that size. Models
-    trained by fitting (kNN, Bayes) have no trainable parameters and data-dependent FLOPs (None).
+    Each variant is built with its paper's input channels (`in_channels`: 1 for LeNet-5). Parameters
+    are counted at its design scale (`design_size`², `design_classes` classes: 224², 1000 classes if
+    it has an ImageNet form, else 32², 10 classes); FLOPs at 32² with 10 classes and at 224² with
+    1000, None where the variant is not defined at that size. Models trained by fitting (kNN, Bayes)
+    have no trainable parameters and data-dependent FLOPs (None).
     """
     rows = []
     infos = {k: v for k, v in available().items() if names is None or k in names}
     for name, info in sorted(infos.items(), key=lambda kv: (kv[1].year, kv[1].family, kv[0])):
         defined = SIZES_BY_SCALE[info.scale]
-        row: dict = dict(name=name, family=info.family, year=info.year, paper=info.paper, scale=info.scale)
         design = 224 if 224 in defined else 32
-        classes = num_classes if design == 224 else small_num_classes
         with torch.device("meta"):
-            model = build(name, classes, in_channels=in_channels, image_size=design)
-        row["params"] = count_params(model)
-        for size in image_sizes:
+            model = build(name, CLASSES_AT[design], in_channels=info.in_channels, image_size=design)
+        row: dict = dict(name=name, family=info.family, year=info.year, paper=info.paper, scale=info.scale,
+                         trained_by=info.trained_by, in_channels=info.in_channels, params=count_params(model),
+                         design_size=design, design_classes=CLASSES_AT[design])
+        for size, classes in CLASSES_AT.items():
             value = None
             if info.trained_by == "sgd" and size in defined:
-                with torch.device("meta"):
-                    m = build(name, classes, in_channels=in_channels, image_size=size)
-                value = flops(m, in_channels, size)
+                counted = model  # the design-scale build, where the sizes agree
+                if size != design:
+                    with torch.device("meta"):
+                        counted = build(name, classes, in_channels=info.in_channels, image_size=size)
+                value = flops(counted, info.in_channels, size)
             row[f"flops_{size}"] = value
         rows.append(row)
     return rows
+
+
+def dumps(rows: list[dict]) -> str:
+    """One row a line, so a change to the zoo is a readable diff."""
+    return "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]\n"
+
+
+def write(path: Path = PATH) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(dumps(catalogue()), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m models.catalogue --write    (recounts the zoo into models/catalogue.json)")
+    write()
+    print(f"wrote {PATH}")

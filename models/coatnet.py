@@ -19,6 +19,7 @@ from torchvision.models.maxvit import MBConv
 from torchvision.ops import Conv2dNormActivation, StochasticDepth
 
 from models.blocks import is_small
+from models.classifier import Classifier
 from models.registry import register
 
 PAPER = "Dai et al., CoAtNet: Marrying Convolution and Attention for All Data Sizes (2021)"
@@ -76,7 +77,11 @@ class TransformerBlock(nn.Module):
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
 
-class CoAtNet(nn.Module):
+class CoAtNet(Classifier):
+    """Features: S0 ... S4's map; head: global average pool, LayerNorm, pre-logits, `head`."""
+
+    classifier_path = "head"
+
     def __init__(self, depths: Sequence[int], dims: Sequence[int], num_classes: int, in_channels: int = 3,
                  image_size: int = 224, small: bool = False, drop_path: float = 0.0, head_dim: int = 32,
                  pre_logits: bool = True) -> None:
@@ -116,33 +121,38 @@ class CoAtNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.s4(self.s3(self.s2(self.s1(self.s0(x)))))
+        return self.s4(self.s3(self.s2(self.s1(self.s0(x)))))
+
+    def representation(self, x: Tensor) -> Tensor:
         return self.pre_logits(self.norm(x.mean((2, 3))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+
+def coatnet(depths: Sequence[int], dims: Sequence[int], num_classes: int, in_channels: int, image_size: int,
+            variant: str | None = None, **options) -> CoAtNet:
+    """Options: `drop_path`, `head_dim`, `pre_logits`; `depths` and `dims` for a smaller network."""
+    return CoAtNet(tuple(depths), tuple(dims), num_classes, in_channels, image_size,
+                   small=is_small(image_size, variant), **options)
 
 
-CONFIGS = {  # Table 3
-    "coatnet_0": ((2, 2, 3, 5, 2), (64, 96, 192, 384, 768)),
-    "coatnet_1": ((2, 2, 6, 14, 2), (64, 96, 192, 384, 768)),
-    "coatnet_2": ((2, 2, 6, 14, 2), (128, 128, 256, 512, 1024)),
-}
+# Table 3: L = blocks per stage S0..S4, D = their widths.
 
 
-def _coatnet(name: str) -> None:
-    depths, dims = CONFIGS[name]
-
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-                depths: Sequence[int] = depths, dims: Sequence[int] = dims, drop_path: float = 0.0,
-                head_dim: int = 32, pre_logits: bool = True) -> nn.Module:
-        return CoAtNet(tuple(depths), tuple(dims), num_classes, in_channels, image_size,
-                       small=is_small(image_size, variant), drop_path=drop_path, head_dim=head_dim,
-                       pre_logits=pre_logits)
-
-    builder.__doc__ = f"{name}: L={depths}, D={dims}."
-    register("CoAtNet", 2021, PAPER, scale="any", name=name)(builder)
+@register("CoAtNet", 2021, PAPER, scale="any")
+def coatnet_0(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+              depths: Sequence[int] = (2, 2, 3, 5, 2), dims: Sequence[int] = (64, 96, 192, 384, 768),
+              **options) -> nn.Module:
+    return coatnet(depths, dims, num_classes, in_channels, image_size, variant, **options)
 
 
-for _name in CONFIGS:
-    _coatnet(_name)
+@register("CoAtNet", 2021, PAPER, scale="any")
+def coatnet_1(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+              depths: Sequence[int] = (2, 2, 6, 14, 2), dims: Sequence[int] = (64, 96, 192, 384, 768),
+              **options) -> nn.Module:
+    return coatnet(depths, dims, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("CoAtNet", 2021, PAPER, scale="any")
+def coatnet_2(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+              depths: Sequence[int] = (2, 2, 6, 14, 2), dims: Sequence[int] = (128, 128, 256, 512, 1024),
+              **options) -> nn.Module:
+    return coatnet(depths, dims, num_classes, in_channels, image_size, variant, **options)

@@ -9,12 +9,11 @@ deformable conv samples the regular grid: the network equals its ResNet.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
-from torchvision.models.resnet import BasicBlock as TVBasicBlock
+from torchvision.models import resnet as tv
 from torchvision.ops import DeformConv2d
 
 from models.registry import register
-from models.resnet import CifarResNet, imagenet_resnet
+from models.resnet import Bottleneck, CifarResNet, imagenet_resnet
 
 PAPER = "Dai et al., Deformable Convolutional Networks (2017)"
 
@@ -63,16 +62,24 @@ def deform_resnet20(num_classes: int, in_channels: int = 3, image_size: int = 32
     return model
 
 
-def _imagenet(name: str, block: type[nn.Module], layers: list[int]) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
-        model = imagenet_resnet(block, layers, num_classes, in_channels, image_size, variant)
-        make_last_convs_deformable(model.layer4)
-        return model
-
-    builder.__doc__ = f"{name}: torchvision's ResNet, the last three 3x3 convs of conv5 deformable."
-    register("Deformable ConvNets", 2017, PAPER, scale="any", name=name)(builder)
+def deformable_resnet(block: type[nn.Module], layers: list[int], num_classes: int, in_channels: int,
+                      image_size: int, variant: str | None) -> nn.Module:
+    """torchvision's ResNet whose last three 3x3 convs of conv5 are deformable."""
+    model = imagenet_resnet(block, layers, num_classes, in_channels, image_size, variant)
+    make_last_convs_deformable(model.layer4)
+    return model
 
 
-_imagenet("deform_resnet18", TVBasicBlock, [2, 2, 2, 2])
-_imagenet("deform_resnet50", Bottleneck, [3, 4, 6, 3])
-_imagenet("deform_resnet101", Bottleneck, [3, 4, 23, 3])
+@register("Deformable ConvNets", 2017, PAPER, scale="any")
+def deform_resnet18(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return deformable_resnet(tv.BasicBlock, [2, 2, 2, 2], num_classes, in_channels, image_size, variant)
+
+
+@register("Deformable ConvNets", 2017, PAPER, scale="any")
+def deform_resnet50(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return deformable_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, image_size, variant)
+
+
+@register("Deformable ConvNets", 2017, PAPER, scale="any")
+def deform_resnet101(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return deformable_resnet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, image_size, variant)

@@ -14,24 +14,23 @@ from torch import nn
 from torchvision.models import efficientnet as tv
 
 from models.blocks import is_small, replace_first_conv
+from models.classifier import SequentialHead
 from models.registry import register
 
 PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks (2019)"
 
-# (width, depth, dropout, resolution the variant was designed for), Table 7 / torchvision.
-SCALING = {
-    "b0": (1.0, 1.0, 0.2, 224), "b1": (1.0, 1.1, 0.2, 240), "b2": (1.1, 1.2, 0.3, 260),
-    "b3": (1.2, 1.4, 0.3, 300), "b4": (1.4, 1.8, 0.4, 380), "b5": (1.6, 2.2, 0.4, 456),
-    "b6": (1.8, 2.6, 0.5, 528), "b7": (2.0, 3.1, 0.5, 600),
-}
+class EfficientNet(SequentialHead, tv.EfficientNet):
+    """torchvision's EfficientNet: features = stem, MBConv stages and the 1x1 head conv; head =
+    average pool, dropout, classifier."""
 
 
-def efficientnet(width: float, depth: float, dropout: float, num_classes: int, in_channels: int, small: bool,
-                 stochastic_depth_prob: float = 0.2) -> tv.EfficientNet:
+def efficientnet(width: float, depth: float, dropout: float, num_classes: int, in_channels: int, image_size: int,
+                 variant: str | None = None, stochastic_depth_prob: float = 0.2) -> EfficientNet:
+    small = is_small(image_size, variant)
     setting, last_channel = tv._efficientnet_conf("efficientnet_b0", width_mult=width, depth_mult=depth)
     # torchvision trains B5+ with BN eps 1e-3, momentum 0.01 (as the TF reference); same parameters.
     norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01) if width >= 1.6 else None
-    model = tv.EfficientNet(setting, dropout, stochastic_depth_prob, num_classes, norm, last_channel)
+    model = EfficientNet(setting, dropout, stochastic_depth_prob, num_classes, norm, last_channel)
     stem = model.features[0][0]
     if small or in_channels != 3:
         model.features[0][0] = replace_first_conv(stem, in_channels, stride=1 if small else 2)
@@ -39,18 +38,53 @@ def efficientnet(width: float, depth: float, dropout: float, num_classes: int, i
     return model
 
 
-def _variant(key: str) -> None:
-    w, d, p, res = SCALING[key]
-
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = res, variant: str | None = None,
-                width_mult: float = w, depth_mult: float = d, dropout: float = p,
-                stochastic_depth_prob: float = 0.2) -> nn.Module:
-        return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, is_small(image_size, variant),
-                            stochastic_depth_prob)
-
-    builder.__doc__ = f"EfficientNet-{key.upper()}: width x{w}, depth x{d}, designed for {res}x{res}."
-    register("EfficientNet", 2019, PAPER, scale="any", name=f"efficientnet_{key}")(builder)
+# B0 ... B7 (Table 7 / torchvision): width and depth multipliers, dropout, and the resolution each
+# was designed for (the default image_size). Option: `stochastic_depth_prob` (0.2).
 
 
-for _key in SCALING:
-    _variant(_key)
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b0(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+                    width_mult: float = 1.0, depth_mult: float = 1.0, dropout: float = 0.2, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b1(num_classes: int, in_channels: int = 3, image_size: int = 240, variant: str | None = None,
+                    width_mult: float = 1.0, depth_mult: float = 1.1, dropout: float = 0.2, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b2(num_classes: int, in_channels: int = 3, image_size: int = 260, variant: str | None = None,
+                    width_mult: float = 1.1, depth_mult: float = 1.2, dropout: float = 0.3, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b3(num_classes: int, in_channels: int = 3, image_size: int = 300, variant: str | None = None,
+                    width_mult: float = 1.2, depth_mult: float = 1.4, dropout: float = 0.3, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b4(num_classes: int, in_channels: int = 3, image_size: int = 380, variant: str | None = None,
+                    width_mult: float = 1.4, depth_mult: float = 1.8, dropout: float = 0.4, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b5(num_classes: int, in_channels: int = 3, image_size: int = 456, variant: str | None = None,
+                    width_mult: float = 1.6, depth_mult: float = 2.2, dropout: float = 0.4, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b6(num_classes: int, in_channels: int = 3, image_size: int = 528, variant: str | None = None,
+                    width_mult: float = 1.8, depth_mult: float = 2.6, dropout: float = 0.5, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)
+
+
+@register("EfficientNet", 2019, PAPER, scale="any")
+def efficientnet_b7(num_classes: int, in_channels: int = 3, image_size: int = 600, variant: str | None = None,
+                    width_mult: float = 2.0, depth_mult: float = 3.1, dropout: float = 0.5, **options) -> nn.Module:
+    return efficientnet(width_mult, depth_mult, dropout, num_classes, in_channels, image_size, variant, **options)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks import require_size
+from models.classifier import Classifier
 from models.registry import register
 
 PAPER = "LeCun et al., Gradient-Based Learning Applied to Document Recognition (1998)"
@@ -136,13 +137,18 @@ class EuclideanRBF(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         centres = torch.randint(0, 2, (num_classes, in_features), generator=g).float() * 2 - 1
+        self.in_features = in_features
         self.register_buffer("centres", centres)  # fixed, not trained
 
     def forward(self, x: Tensor) -> Tensor:
         return -((x[:, None, :] - self.centres[None]) ** 2).sum(-1)
 
 
-class LeNet5(nn.Module):
+class LeNet5(Classifier):
+    """Features: C1 ... C5 (120 maps of 1x1); head: F6 (84 units) and the output layer."""
+
+    classifier_path = "output"
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, output: str = "linear") -> None:
         super().__init__()
         if output not in ("linear", "rbf"):
@@ -164,14 +170,17 @@ class LeNet5(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.uniform_(m.bias, -bound, bound)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.f6(self.features(x).flatten(1))
+    def representation(self, x: Tensor) -> Tensor:
+        return self.f6(x.flatten(1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.forward_features(x))
+    def reset_classifier(self, num_classes: int) -> None:
+        if isinstance(self.output, EuclideanRBF):
+            self.output = EuclideanRBF(self.output.in_features, num_classes).to(self.output.centres.device)
+        else:
+            super().reset_classifier(num_classes)
 
 
-@register("LeNet-5", 1998, PAPER, scale="small")
+@register("LeNet-5", 1998, PAPER, scale="small", in_channels=1)
 def lenet5(num_classes: int, in_channels: int = 1, image_size: int = 32, output: str = "linear") -> nn.Module:
     """32x32 input (MNIST's 28x28 digits padded, as in the paper); C5 then sees exactly 5x5."""
     require_size("lenet5", image_size, (32,))

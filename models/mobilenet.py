@@ -8,10 +8,11 @@ every layer (cost ~ alpha^2); the resolution multiplier rho is simply a smaller 
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from models.blocks import is_small
+from models.classifier import SequentialHead
 from models.registry import register
 
 PAPER = "Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications (2017)"
@@ -31,7 +32,7 @@ class DepthwiseSeparableConv(nn.Sequential):
         )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(SequentialHead):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, alpha: float = 1.0, small: bool = False,
                  dropout: float = 0.0, stem_stride: int | None = None) -> None:
         super().__init__()
@@ -42,6 +43,7 @@ class MobileNetV1(nn.Module):
             layers.append(DepthwiseSeparableConv(c, out, stride))
             c = out
         self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -49,12 +51,6 @@ class MobileNetV1(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.forward_features(x))
 
 
 @register("MobileNet v1", 2017, PAPER, scale="any")

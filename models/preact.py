@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks import conv1x1, conv3x3, init_conv_bn, is_small
+from models.classifier import Classifier
 from models.registry import register
 
 PAPER = "He et al., Identity Mappings in Deep Residual Networks (2016)"
@@ -68,7 +69,7 @@ class PreActBottleneck(nn.Module):
         return out + identity
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(Classifier):
     """Stem -> stages of pre-activation blocks -> BN-ReLU -> global pool -> fc.
 
     `stem`: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv + 3x3/2 max pool, as ResNet).
@@ -100,11 +101,7 @@ class PreActResNet(nn.Module):
         init_conv_bn(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn(self.stages(self.stem(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
+        return F.relu(self.bn(self.stages(self.stem(x))))
 
 
 @register("Pre-activation ResNet", 2016, PAPER, scale="any")
@@ -115,15 +112,20 @@ def preact_resnet18(num_classes: int, in_channels: int = 3, image_size: int = 22
     return PreActResNet(PreActBlock, [2, 2, 2, 2], widths, num_classes, in_channels, stem=stem, stem_stride=stem_stride)
 
 
-def _cifar_bottleneck(depth: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, stem_stride: int = 1) -> nn.Module:
-        n = (depth - 2) // 9  # 9n+2 layers: three stages of n three-layer bottlenecks
-        return PreActResNet(PreActBottleneck, [n, n, n], [16, 32, 64], num_classes, in_channels, stem="cifar",
-                            stem_stride=stem_stride)
+def cifar_preact_bottleneck(depth: int, num_classes: int, in_channels: int, stem_stride: int = 1) -> PreActResNet:
+    """9n+2 layers: three stages of n three-layer bottlenecks, 16-32-64 (x4 out), Table 3."""
+    if (depth - 2) % 9:
+        raise ValueError(f"CIFAR PreAct-ResNet depth must be 9n+2 (164, 1001, ...), got {depth}")
+    n = (depth - 2) // 9
+    return PreActResNet(PreActBottleneck, [n, n, n], [16, 32, 64], num_classes, in_channels, stem="cifar",
+                        stem_stride=stem_stride)
 
-    builder.__doc__ = f"CIFAR PreAct-ResNet-{depth}: bottlenecks 16-32-64 (x4 out), Table 3."
-    register("Pre-activation ResNet", 2016, PAPER, scale="small", name=f"preact_resnet{depth}")(builder)
+
+@register("Pre-activation ResNet", 2016, PAPER, scale="small")
+def preact_resnet164(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return cifar_preact_bottleneck(164, num_classes, in_channels, **options)
 
 
-_cifar_bottleneck(164)
-_cifar_bottleneck(1001)
+@register("Pre-activation ResNet", 2016, PAPER, scale="small")
+def preact_resnet1001(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return cifar_preact_bottleneck(1001, num_classes, in_channels, **options)

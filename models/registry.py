@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from models.classifier import Classifier, FittedClassifier  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class ModelInfo:
     scale: Literal["small", "imagenet", "any"]  # the input size the variant was designed for
     builder: Callable[..., nn.Module]
     trained_by: Literal["sgd", "fit"] = "sgd"  # "fit": closed-form / memorising (kNN, Bayes)
+    in_channels: int = 3  # the paper's input channels (1: LeNet-5's greyscale digits)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -31,6 +34,7 @@ def register(
     scale: Literal["small", "imagenet", "any"] = "any",
     name: str | None = None,
     trained_by: Literal["sgd", "fit"] = "sgd",
+    in_channels: int = 3,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: `@register("ResNet", 2015, "He et al., Deep Residual Learning")` over a builder."""
 
@@ -38,10 +42,26 @@ def register(
         key = name or builder.__name__
         if key in _REGISTRY:
             raise ValueError(f"architecture {key!r} registered twice")
-        _REGISTRY[key] = ModelInfo(key, family, year, paper, scale, builder, trained_by)
+        _REGISTRY[key] = ModelInfo(key, family, year, paper, scale, builder, trained_by, in_channels)
         return builder
 
     return wrap
+
+
+@contextmanager
+def temporary_registrations() -> Iterator[None]:
+    """Whatever is registered inside the block is unregistered when it ends (test-only models):
+
+        with temporary_registrations():
+            register("Test", 2024, "a test", name="test_tiny")(TinyCNN)
+            ...
+    """
+    before = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 def available() -> dict[str, ModelInfo]:
@@ -55,23 +75,3 @@ def build(name: str, num_classes: int, in_channels: int = 3, image_size: int = 3
     except KeyError:
         raise KeyError(f"unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}") from None
     return info.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
-
-
-class FittedClassifier(nn.Module):
-    """A classifier trained by fitting, not by SGD (kNN, Gaussian naive Bayes).
-
-    The trainer calls `fit(x, y)` once with the whole normalised training split (float NCHW, int64
-    labels); `forward(x)` then returns scores of shape (N, num_classes) usable as logits.
-    """
-
-    def fit(self, x: Tensor, y: Tensor) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        # What was fitted (the memorised training set, the class statistics) is held in buffers whose
-        # shapes are only known after fit(): take the saved shapes so a fresh model loads a fitted one.
-        for name, buf in self._buffers.items():
-            saved = state_dict.get(prefix + name)
-            if buf is not None and saved is not None and saved.shape != buf.shape:
-                self._buffers[name] = torch.empty(saved.shape, dtype=saved.dtype, device=buf.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

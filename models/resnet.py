@@ -1,7 +1,7 @@
 """ResNet (He, Zhang, Ren & Sun 2015): residual learning, y = F(x) + x.
 
 ImageNet ResNet-18/34/50/101/152 are torchvision's (basic and bottleneck blocks, projection
-shortcuts, option B); at small inputs their stem becomes the CIFAR one (3x3 conv, no max pool).
+shortcuts, option B; the bottleneck's residual branch is a method, as the CIFAR block's); at small inputs their stem becomes the CIFAR one (3x3 conv, no max pool).
 The CIFAR networks of Sec. 4.2 are written here: 6n+2 layers, 16-32-64 channels, option A
 (parameter-free) shortcuts, and the matching *plain* networks without shortcuts for the
 degradation experiment (Fig. 6). Stochastic depth and SE reuse these classes.
@@ -17,6 +17,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops import StochasticDepth
 
 from models.blocks import ShortcutA, conv1x1, conv3x3, init_conv_bn, is_small, replace_first_conv
+from models.classifier import Classifier
 from models.registry import register
 
 PAPER = "He et al., Deep Residual Learning for Image Recognition (2015)"
@@ -65,17 +66,28 @@ class BasicBlock(nn.Module):
         return F.relu(out)
 
 
-class CifarStages(nn.Module):
+class Bottleneck(tv.Bottleneck):
+    """torchvision's bottleneck (1x1 reduce, 3x3, 1x1 expand x4; the stride on the 3x3, "v1.5"), its
+    residual branch F(x) a method of its own, as `BasicBlock.residual`: SE, stochastic depth and
+    the deformable convs change the branch, never the block."""
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity)
+
+
+class CifarStages(Classifier):
     """The CIFAR layout of the ResNet family (He et al. 2015, Sec. 4.2): a 3x3 conv stem, three
     stages `layer1..3` at falling resolution, global average pooling, `fc`. Subclasses build them."""
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
+        return self.layer3(self.layer2(self.layer1(x)))
 
 
 class CifarResNet(CifarStages):
@@ -85,7 +97,7 @@ class CifarResNet(CifarStages):
     `widths` thins or widens the stages. `stem_stride=2` halves the resolution in the stem
     (for small images upsampled to 32x32, e.g. the embedded 8x8 digits: a quarter of the compute).
     `final_survival` < 1 turns on stochastic depth with the linear decay rule p_l = 1 - l/L (1 - p_L)
-    over the L residual blocks.
+    over the L residual blocks. `shortcut=None` gives the plain network of Fig. 6.
     """
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
@@ -113,8 +125,16 @@ class CifarResNet(CifarStages):
         init_conv_bn(self)
 
 
+class ResNet(Classifier, tv.ResNet):
+    """torchvision's ResNet (any block: ResNeXt, SE, stochastic and deformable blocks plug in), seen
+    through the zoo's faces: features = stem and the four stages, head = average pool and `fc`."""
 
-def adapt_stem(model: tv.ResNet, in_channels: int, small: bool) -> tv.ResNet:
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def adapt_stem(model: ResNet, in_channels: int, small: bool) -> ResNet:
     """torchvision ResNet -> `in_channels` inputs; at small scale the CIFAR stem: a 3x3 stride-1
     conv and no max pool, so a 32x32 image reaches the last stage at 4x4 instead of 1x1."""
     if small:
@@ -127,39 +147,96 @@ def adapt_stem(model: tv.ResNet, in_channels: int, small: bool) -> tv.ResNet:
 
 
 def imagenet_resnet(block: type[nn.Module], layers: list[int], num_classes: int, in_channels: int, image_size: int,
-                    variant: str | None = None, **kwargs) -> tv.ResNet:
-    """torchvision's ResNet with any block (ResNeXt, SE and deformable blocks plug in here)."""
-    model = tv.ResNet(block, layers, num_classes=num_classes, **kwargs)
+                    variant: str | None = None, **kwargs) -> ResNet:
+    """torchvision's ResNet with any block; the CIFAR stem below 128 px (or with variant="small")."""
+    model = ResNet(block, layers, num_classes=num_classes, **kwargs)
     return adapt_stem(model, in_channels, is_small(image_size, variant))
 
 
-def _imagenet(name: str, block: type[nn.Module], layers: list[int]) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
-        return imagenet_resnet(block, layers, num_classes, in_channels, image_size, variant)
-
-    builder.__doc__ = f"{name}: torchvision's, {layers} {block.__name__}s; CIFAR stem below 128 px."
-    register("ResNet", 2015, PAPER, scale="any", name=name)(builder)
+# ImageNet ResNets (Table 1), torchvision's; the CIFAR stem below 128 px.
 
 
-_imagenet("resnet18", tv.BasicBlock, [2, 2, 2, 2])
-_imagenet("resnet34", tv.BasicBlock, [3, 4, 6, 3])
-_imagenet("resnet50", tv.Bottleneck, [3, 4, 6, 3])
-_imagenet("resnet101", tv.Bottleneck, [3, 4, 23, 3])
-_imagenet("resnet152", tv.Bottleneck, [3, 8, 36, 3])
+@register("ResNet", 2015, PAPER, scale="any")
+def resnet18(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+             **options) -> nn.Module:
+    return imagenet_resnet(tv.BasicBlock, [2, 2, 2, 2], num_classes, in_channels, image_size, variant, **options)
 
 
-def _cifar(depth: int, plain: bool) -> None:
-    name = f"{'plain' if plain else 'resnet'}{depth}"
-
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
-                widths: Sequence[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), shortcut=None if plain else "A",
-                           stem_stride=stem_stride)
-
-    builder.__doc__ = f"CIFAR {name} (Sec. 4.2, n={(depth - 2) // 6}){', no shortcuts' if plain else ', option A'}."
-    register("ResNet", 2015, PAPER, scale="small", name=name)(builder)
+@register("ResNet", 2015, PAPER, scale="any")
+def resnet34(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+             **options) -> nn.Module:
+    return imagenet_resnet(tv.BasicBlock, [3, 4, 6, 3], num_classes, in_channels, image_size, variant, **options)
 
 
-for _depth in (20, 32, 44, 56, 110):
-    _cifar(_depth, plain=False)
-    _cifar(_depth, plain=True)
+@register("ResNet", 2015, PAPER, scale="any")
+def resnet50(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+             **options) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, image_size, variant, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="any")
+def resnet101(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+              **options) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, image_size, variant, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="any")
+def resnet152(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
+              **options) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, image_size, variant, **options)
+
+
+# CIFAR ResNets (Sec. 4.2, Table 6): 6n+2 layers, option-A shortcuts; options: `widths`, `stem_stride`.
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def resnet20(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(20, num_classes, in_channels, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def resnet32(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(32, num_classes, in_channels, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def resnet44(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(44, num_classes, in_channels, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def resnet56(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(56, num_classes, in_channels, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def resnet110(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(110, num_classes, in_channels, **options)
+
+
+# The plain CIFAR networks of the degradation experiment (Fig. 6): the same layers, no shortcuts.
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def plain20(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(20, num_classes, in_channels, shortcut=None, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def plain32(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(32, num_classes, in_channels, shortcut=None, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def plain44(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(44, num_classes, in_channels, shortcut=None, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def plain56(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(56, num_classes, in_channels, shortcut=None, **options)
+
+
+@register("ResNet", 2015, PAPER, scale="small")
+def plain110(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return CifarResNet(110, num_classes, in_channels, shortcut=None, **options)

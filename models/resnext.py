@@ -1,7 +1,7 @@
 """ResNeXt (Xie, Girshick, Dollar, Tu & He 2017): the bottleneck's 3x3 conv split into C groups
 ("cardinality") of width d, aggregated by concatenation — form (c) of Fig. 3, a grouped conv.
 
-The blocks are torchvision's Bottleneck with `groups` and `base_width`: ResNeXt is a ResNet
+The blocks are the ResNet's (torchvision's) Bottleneck with `groups` and `base_width`: ResNeXt is a ResNet
 parameter, not a new block. CIFAR ResNeXt-29 (Sec. 5.3): a 3x3 stem with 64 filters, three stages
 of three bottlenecks whose outputs are 256, 512, 1024 and whose group width doubles per stage.
 """
@@ -9,11 +9,10 @@ of three bottlenecks whose outputs are 256, 512, 1024 and whose group width doub
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from models.blocks import conv1x1, conv3x3, init_conv_bn
 from models.registry import register
-from models.resnet import CifarStages, imagenet_resnet
+from models.resnet import Bottleneck, CifarStages, imagenet_resnet
 
 PAPER = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks (2017)"
 
@@ -44,33 +43,40 @@ class CifarResNeXt(CifarStages):
         init_conv_bn(self)
 
 
-def _cifar(cardinality: int, width: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, cardinality: int = cardinality,
-                base_width: int = width, stem_width: int = 64,
-                widths: tuple[int, ...] | list[int] = (64, 128, 256), stem_stride: int = 1,
-                depth: int = 29) -> nn.Module:
-        """`widths`: the stages' bottleneck planes (outputs are 4x); `depth` 9n+2. Smaller for small data."""
-        if (depth - 2) % 9:
-            raise ValueError(f"CIFAR ResNeXt depth must be 9n+2 (11, 20, 29, ...), got {depth}")
-        return CifarResNeXt(cardinality, base_width, num_classes, in_channels, depth=depth, stem_width=stem_width,
-                            widths=tuple(widths), stem_stride=stem_stride)
-
-    builder.__doc__ = f"CIFAR ResNeXt-29 ({cardinality}x{width}d)."
-    register("ResNeXt", 2017, PAPER, scale="small", name=f"resnext29_{cardinality}x{width}d")(builder)
+def cifar_resnext(num_classes: int, in_channels: int, cardinality: int, base_width: int, depth: int = 29,
+                  stem_width: int = 64, widths: tuple[int, ...] | list[int] = (64, 128, 256),
+                  stem_stride: int = 1) -> CifarResNeXt:
+    """`widths`: the stages' bottleneck planes (outputs are 4x); `depth` 9n+2. Smaller for small data."""
+    if (depth - 2) % 9:
+        raise ValueError(f"CIFAR ResNeXt depth must be 9n+2 (11, 20, 29, ...), got {depth}")
+    return CifarResNeXt(cardinality, base_width, num_classes, in_channels, depth=depth, stem_width=stem_width,
+                        widths=tuple(widths), stem_stride=stem_stride)
 
 
-_cifar(8, 64)
-_cifar(16, 64)
+@register("ResNeXt", 2017, PAPER, scale="small")
+def resnext29_8x64d(num_classes: int, in_channels: int = 3, image_size: int = 32, cardinality: int = 8,
+                    base_width: int = 64, **options) -> nn.Module:
+    """CIFAR ResNeXt-29 (8x64d), 34.4 M parameters (Table 7)."""
+    return cifar_resnext(num_classes, in_channels, cardinality, base_width, **options)
 
 
-def _imagenet(name: str, layers: list[int], groups: int, width: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
-        return imagenet_resnet(Bottleneck, layers, num_classes, in_channels, image_size, variant,
-                               groups=groups, width_per_group=width)
-
-    builder.__doc__ = f"ResNeXt {name}: torchvision's ResNet with groups={groups}, width_per_group={width}."
-    register("ResNeXt", 2017, PAPER, scale="any", name=name)(builder)
+@register("ResNeXt", 2017, PAPER, scale="small")
+def resnext29_16x64d(num_classes: int, in_channels: int = 3, image_size: int = 32, cardinality: int = 16,
+                     base_width: int = 64, **options) -> nn.Module:
+    """CIFAR ResNeXt-29 (16x64d), 68.1 M parameters (Table 7)."""
+    return cifar_resnext(num_classes, in_channels, cardinality, base_width, **options)
 
 
-_imagenet("resnext50_32x4d", [3, 4, 6, 3], 32, 4)
-_imagenet("resnext101_32x8d", [3, 4, 23, 3], 32, 8)
+# ImageNet ResNeXts: torchvision's ResNet with `groups` (cardinality) and `width_per_group`.
+
+
+@register("ResNeXt", 2017, PAPER, scale="any")
+def resnext50_32x4d(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, image_size, variant,
+                           groups=32, width_per_group=4)
+
+
+@register("ResNeXt", 2017, PAPER, scale="any")
+def resnext101_32x8d(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None) -> nn.Module:
+    return imagenet_resnet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, image_size, variant,
+                           groups=32, width_per_group=8)

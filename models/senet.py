@@ -10,11 +10,10 @@ from __future__ import annotations
 from functools import partial
 
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
 from torchvision.ops import SqueezeExcitation
 
 from models.registry import register
-from models.resnet import BasicBlock, CifarResNet, imagenet_resnet
+from models.resnet import BasicBlock, Bottleneck, CifarResNet, imagenet_resnet
 
 PAPER = "Hu, Shen & Sun, Squeeze-and-Excitation Networks (2017)"
 REDUCTION = 16
@@ -32,37 +31,39 @@ class SEBasicBlock(BasicBlock):
 
 
 class SEBottleneck(Bottleneck):
-    """torchvision's bottleneck with an SE unit on its output branch (before the addition)."""
+    """Bottleneck whose residual branch is recalibrated by an SE unit (before the addition)."""
 
     def __init__(self, inplanes: int, planes: int, *args, **kwargs) -> None:
         super().__init__(inplanes, planes, *args, **kwargs)
         out = planes * self.expansion
         self.se = SqueezeExcitation(out, out // REDUCTION)
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.se(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+    def residual(self, x: Tensor) -> Tensor:
+        return self.se(super().residual(x))
 
 
-def _cifar(depth: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32,
-                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1,
-                reduction: int = REDUCTION) -> nn.Module:
-        """`reduction` r of the excitation (Table 5 of the paper compares 2 ... 32)."""
-        # Projection (option B) shortcuts where the shape changes, as the common reimplementation.
-        block = partial(SEBasicBlock, reduction=reduction)
-        return CifarResNet(depth, num_classes, in_channels, block=block, widths=tuple(widths), shortcut="B",
-                           stem_stride=stem_stride)
-
-    builder.__doc__ = f"CIFAR SE-ResNet-{depth}: ResNet-{depth} with SE (r=16) in every block."
-    register("SENet", 2017, PAPER, scale="small", name=f"se_resnet{depth}")(builder)
+def cifar_se_resnet(depth: int, num_classes: int, in_channels: int, reduction: int = REDUCTION,
+                    **options) -> CifarResNet:
+    """CIFAR ResNet-`depth` with SE in every block; `reduction` r of the excitation (Table 5 of the
+    paper compares 2 ... 32). Projection (option B) shortcuts where the shape changes, as the common
+    reimplementation. Options: `widths`, `stem_stride`."""
+    block = partial(SEBasicBlock, reduction=reduction)
+    return CifarResNet(depth, num_classes, in_channels, block=block, shortcut="B", **options)
 
 
-for _depth in (20, 56, 110):
-    _cifar(_depth)
+@register("SENet", 2017, PAPER, scale="small")
+def se_resnet20(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return cifar_se_resnet(20, num_classes, in_channels, **options)
+
+
+@register("SENet", 2017, PAPER, scale="small")
+def se_resnet56(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return cifar_se_resnet(56, num_classes, in_channels, **options)
+
+
+@register("SENet", 2017, PAPER, scale="small")
+def se_resnet110(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    return cifar_se_resnet(110, num_classes, in_channels, **options)
 
 
 @register("SENet", 2017, PAPER, scale="any")

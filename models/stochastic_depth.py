@@ -10,43 +10,45 @@ torchvision's with the same drop in its bottlenecks.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
 from torchvision.ops import StochasticDepth
 
 from models.registry import register
-from models.resnet import CifarResNet, imagenet_resnet
+from models.resnet import Bottleneck, CifarResNet, imagenet_resnet
 
 PAPER = "Huang et al., Deep Networks with Stochastic Depth (2016)"
 
 
-def _sd(depth: int) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, final_survival: float = 0.5,
-                widths: tuple[int, ...] | list[int] = (16, 32, 64), stem_stride: int = 1) -> nn.Module:
-        return CifarResNet(depth, num_classes, in_channels, widths=tuple(widths), final_survival=final_survival,
-                           stem_stride=stem_stride)
-
-    builder.__doc__ = f"CIFAR ResNet-{depth} with stochastic depth, linear decay to p_L = 0.5."
-    register("Stochastic depth", 2016, PAPER, scale="small", name=f"resnet{depth}_sd")(builder)
+# CIFAR ResNets with stochastic depth, linear decay to p_L = `final_survival`; options: `widths`, `stem_stride`.
 
 
-for _depth in (20, 56, 110):
-    _sd(_depth)
+@register("Stochastic depth", 2016, PAPER, scale="small")
+def resnet20_sd(num_classes: int, in_channels: int = 3, image_size: int = 32, final_survival: float = 0.5,
+                **options) -> nn.Module:
+    return CifarResNet(20, num_classes, in_channels, final_survival=final_survival, **options)
+
+
+@register("Stochastic depth", 2016, PAPER, scale="small")
+def resnet56_sd(num_classes: int, in_channels: int = 3, image_size: int = 32, final_survival: float = 0.5,
+                **options) -> nn.Module:
+    return CifarResNet(56, num_classes, in_channels, final_survival=final_survival, **options)
+
+
+@register("Stochastic depth", 2016, PAPER, scale="small")
+def resnet110_sd(num_classes: int, in_channels: int = 3, image_size: int = 32, final_survival: float = 0.5,
+                 **options) -> nn.Module:
+    return CifarResNet(110, num_classes, in_channels, final_survival=final_survival, **options)
 
 
 class StochasticBottleneck(Bottleneck):
-    """torchvision's bottleneck whose residual branch passes through `stochastic_depth` (set per block
-    by `stochastic_resnet`, so the survival probability can depend on the block's depth)."""
+    """Bottleneck whose residual branch passes through `stochastic_depth` (set per block by
+    `linear_decay`, so the survival probability can depend on the block's depth)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.stochastic_depth: nn.Module = nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.stochastic_depth(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+    def residual(self, x: Tensor) -> Tensor:
+        return self.stochastic_depth(super().residual(x))
 
 
 def linear_decay(model: nn.Module, final_survival: float) -> nn.Module:

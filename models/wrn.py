@@ -8,11 +8,10 @@ ResNet-50 with the 3x3 layers twice as wide).
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from models.preact import PreActBlock, PreActResNet
 from models.registry import register
-from models.resnet import imagenet_resnet
+from models.resnet import Bottleneck, imagenet_resnet
 
 PAPER = "Zagoruyko & Komodakis, Wide Residual Networks (2016)"
 
@@ -25,19 +24,33 @@ def wide_resnet(depth: int, k: int, num_classes: int, in_channels: int, dropout:
                         stem="cifar", stem_width=16, stem_stride=stem_stride, dropout=dropout)
 
 
-def _wrn(depth: int, k: int, dropout: float) -> None:
-    def builder(num_classes: int, in_channels: int = 3, image_size: int = 32, dropout: float = dropout,
-                depth: int = depth, k: int = k, stem_stride: int = 1) -> nn.Module:
-        return wide_resnet(depth, k, num_classes, in_channels, dropout, stem_stride)
-
-    builder.__doc__ = f"WRN-{depth}-{k}, dropout {dropout} between the convs of each block."
-    register("Wide ResNet", 2016, PAPER, scale="small", name=f"wrn{depth}_{k}")(builder)
+# WRN-d-k on CIFAR, dropout 0.3 between the convs of each block (Table 6); `depth`, `k`, `dropout`
+# and `stem_stride` are options, so any WRN-d-k is one of these with other numbers.
 
 
-_wrn(28, 10, 0.3)  # the paper's best CIFAR net, dropout 0.3 (Table 6)
-_wrn(40, 4, 0.3)
-_wrn(16, 8, 0.3)
-_wrn(16, 4, 0.3)
+@register("Wide ResNet", 2016, PAPER, scale="small")
+def wrn28_10(num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = 28, k: int = 10,
+             dropout: float = 0.3, **options) -> nn.Module:
+    """WRN-28-10: the paper's best CIFAR network."""
+    return wide_resnet(depth, k, num_classes, in_channels, dropout, **options)
+
+
+@register("Wide ResNet", 2016, PAPER, scale="small")
+def wrn40_4(num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = 40, k: int = 4,
+            dropout: float = 0.3, **options) -> nn.Module:
+    return wide_resnet(depth, k, num_classes, in_channels, dropout, **options)
+
+
+@register("Wide ResNet", 2016, PAPER, scale="small")
+def wrn16_8(num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = 16, k: int = 8,
+            dropout: float = 0.3, **options) -> nn.Module:
+    return wide_resnet(depth, k, num_classes, in_channels, dropout, **options)
+
+
+@register("Wide ResNet", 2016, PAPER, scale="small")
+def wrn16_4(num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = 16, k: int = 4,
+            dropout: float = 0.3, **options) -> nn.Module:
+    return wide_resnet(depth, k, num_classes, in_channels, dropout, **options)
 
 
 @register("Wide ResNet", 2016, PAPER, scale="any")

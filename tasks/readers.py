@@ -151,20 +151,6 @@ def build_model(arch: str, build_args: dict) -> nn.Module:
                         image_size=build_args["image_size"], **build_args.get("options", {}))
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """load_state_dict, letting buffers take the saved shape (a kNN's memory is sized by its data)."""
-    import torch
-
-    own = dict(model.named_buffers())
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            owner_name, _, attr = key.rpartition(".")
-            owner = model.get_submodule(owner_name) if owner_name else model
-            owner.register_buffer(attr, torch.empty_like(value, device=own[key].device))
-    model.load_state_dict(state)
-    return model
-
-
 def load_trained(layout: Layout, arch: str, device: str | torch.device = "cpu") -> nn.Module:
     """The best-val model of `arch`, in eval mode, rebuilt from train.json and model.pt."""
     import torch
@@ -173,4 +159,5 @@ def load_trained(layout: Layout, arch: str, device: str | torch.device = "cpu") 
     summary = read_json(out / "train.json")
     model = build_model(arch, summary["model"])
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    return load_weights(model, state).to(device).eval()
+    model.load_state_dict(state)  # a fitted model (kNN) takes its data-shaped buffers' saved shapes
+    return model.to(device).eval()

@@ -74,27 +74,15 @@ def preprocess(images: Any, image_size: int, channels: int, mean: list[float], s
 # --------------------------------------------------------------------------- weights
 
 
-def load_weights(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
-    """`load_state_dict`, but a buffer whose shape depends on the data (a kNN's memory) is replaced."""
-    own = model.state_dict()
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            module_name, _, attr = key.rpartition(".")
-            module = model.get_submodule(module_name) if module_name else model
-            if attr in module._buffers:
-                module._buffers[attr] = value.clone()
-            else:
-                setattr(module, attr, nn.Parameter(value.clone(), requires_grad=False))
-    model.load_state_dict(state)
-    return model
-
-
 def build_member(member: dict[str, Any], bundle: Path) -> nn.Module:
     import models  # shipped beside this file through code_paths
 
     model = models.build(member["arch"], **member["build_kwargs"])
     state = torch.load(bundle / member["weights"], map_location="cpu", weights_only=True)
-    return load_weights(model, state).eval()
+    # Plain load_state_dict: a model whose state is sized by its data (a kNN's memory) is a
+    # models.FittedClassifier, which takes the saved shapes itself.
+    model.load_state_dict(state)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- combining members (one place:

@@ -110,17 +110,20 @@ class Centroids(models.FittedClassifier):
         return -torch.cdist(x.flatten(1), self.centres)
 
 
-def _register():
-    have = models.available()
-    if "test_tiny" not in have:
-        models.register("Test", 2024, "a test", name="test_tiny")(TinyCNN)
-    if "test_aux" not in have:
-        models.register("Test", 2024, "a test", name="test_aux")(TinyAux)
-    if "test_centroids" not in have:
-        models.register("Test", 2024, "a test", name="test_centroids", trained_by="fit")(Centroids)
+def register_test_models() -> None:
+    """The test-only architectures (test_train_resume's subprocess registers them for good)."""
+    models.register("Test", 2024, "a test", name="test_tiny")(TinyCNN)
+    models.register("Test", 2024, "a test", name="test_aux")(TinyAux)
+    models.register("Test", 2024, "a test", name="test_centroids", trained_by="fit")(Centroids)
 
 
-_register()
+@pytest.fixture(autouse=True)
+def registered_test_models():
+    """Registered for each test of this module only, so they never leak into tests that walk the
+    registry (tests/test_zoo.py builds every registered name)."""
+    with models.temporary_registrations():
+        register_test_models()
+        yield
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tasks import engine, optim
 from tasks import train as tr
 from tasks.files import read_json
 from tasks.params import OptimizerParams, ScheduleParams
-from tests.test_train import data, make_params  # noqa: F401  (the `data` fixture)
+from tests.test_train import data, make_params, register_test_models  # noqa: F401  (the `data` fixture)
 
 
 class Linear(nn.Module):
@@ -25,8 +25,13 @@ class Linear(nn.Module):
         return self.fc(x.flatten(1))
 
 
-if "test_linear" not in models.available():
-    models.register("Test", 2024, "a test", name="test_linear")(Linear)
+@pytest.fixture(autouse=True)
+def registered_test_models():
+    """test_train's test models and this module's, for each test only (see test_train.registered_test_models)."""
+    with models.temporary_registrations():
+        register_test_models()
+        models.register("Test", 2024, "a test", name="test_linear")(Linear)
+        yield
 
 
 def small_model():

@@ -20,9 +20,10 @@ SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from tests.test_train import make_data, make_params   # registers the test models
+    from tests.test_train import make_data, make_params, register_test_models
     from tasks import engine, train as tr
 
+    register_test_models()
     data = make_data()
     if sys.argv[2] == "stall":
         real, calls = engine.save_checkpoint, []

@@ -1,4 +1,5 @@
-"""The architecture zoo: shapes, exact parameter counts against the papers, trainability.
+"""The architecture zoo: names, faces, exact parameter counts against the papers, the papers'
+formulas, trainability.
 
 Huge ImageNet models are built on the meta device (no memory, no init cost) to count their
 parameters and check their output shapes; only small models run real forwards at 224x224.
@@ -7,6 +8,9 @@ parameters and check their output shapes; only small models run real forwards at
 from __future__ import annotations
 
 import io
+import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,15 +30,35 @@ def meta_build(name: str, num_classes: int = 1000, **kw) -> nn.Module:
 
 
 def n_params(name: str, num_classes: int = 1000, image_size: int = 224, **kw) -> int:
+    """Trainable parameters, counted on the meta device."""
     return count_params(meta_build(name, num_classes, image_size=image_size, **kw))
 
 
 def test_registry_names_have_metadata():
     names = models.available()
-    for required in ("knn", "lenet5", "resnet20", "bayes", "linear", "mlp", "knn_l1"):
+    for required in ("knn", "lenet5", "resnet20", "bayes", "linear", "mlp", "knn_l1", "nin", "find_s",
+                     "candidate_elimination", "googlenet_torchvision"):
         assert required in names
     for info in names.values():
         assert info.year >= 1950 and info.paper and info.scale in ("small", "imagenet", "any")
+        assert info.in_channels in (1, 3)
+    assert names["lenet5"].in_channels == 1  # the paper's greyscale digits
+
+
+def test_every_variant_is_written_out():
+    """`grep -rn resnet56 models/` finds it: every registered name is written in the source of
+    models/, as its builder's name or a quoted string, not assembled by an f-string in a loop."""
+    source = "\n".join(p.read_text() for p in Path(models.__file__).parent.glob("*.py"))
+    missing = [n for n in models.available() if not re.search(rf"\bdef {n}\(|[\"']{n}[\"']", source)]
+    assert not missing, missing
+
+
+def test_temporary_registrations_are_forgotten():
+    before = set(models.available())
+    with models.temporary_registrations():
+        models.register("Test", 2024, "a test", name="test_scratch")(lambda num_classes, **_: nn.Linear(1, num_classes))
+        assert "test_scratch" in models.available()
+    assert set(models.available()) == before
 
 
 # ---------------------------------------------------------------- baselines
@@ -79,6 +103,33 @@ def test_fitted_baselines_match_scikit_learn_and_round_trip(digits, name, sk):
     torch.testing.assert_close(fresh(xte), scores)
 
 
+def test_concept_learning_recovers_a_conjunction():
+    """Mitchell ch. 2 on a noise-free toy: nine boolean pixels (a 3x3 image, +-1 so the threshold 0
+    splits them), every one of the 512 instances once; class 1 is the conjunction x0 = 1 and x3 = 0,
+    class 0 every other instance (no conjunction: its version space collapses)."""
+    import itertools
+
+    bits = torch.tensor(list(itertools.product([0, 1], repeat=9)), dtype=torch.float32)
+    x = (bits * 2 - 1).view(-1, 1, 3, 3)
+    y = ((bits[:, 0] == 1) & (bits[:, 3] == 0)).long()
+    ones, zeros = torch.zeros(9, dtype=torch.bool), torch.zeros(9, dtype=torch.bool)
+    ones[0], zeros[3] = True, True
+    for name in ("find_s", "candidate_elimination"):
+        model = models.build(name, 2, in_channels=1, image_size=3)
+        model.fit(x, y)
+        assert torch.equal(model.specific_ones[1], ones) and torch.equal(model.specific_zeros[1], zeros)
+        assert torch.equal(model(x).argmax(1), y), name
+    # Candidate elimination: G has converged to S, the concept itself; class 0 has collapsed.
+    assert model.general_count.tolist() == [0, 1] and model.collapsed.tolist() == [True, False]
+    assert torch.equal(model.general_ones[1, 0], ones) and torch.equal(model.general_zeros[1, 0], zeros)
+    # One mislabelled example: no conjunction is consistent any more, the class falls back to S.
+    noisy = y.clone()
+    noisy[0] = 1  # the all-zero instance (x0 = 0) labelled as the concept
+    model.fit(x, noisy)
+    assert model.collapsed.tolist() == [True, True]
+    assert (model(x).argmax(1) == y).float().mean() > 0.7
+
+
 # ---------------------------------------------------------------- parameter counts (anchors)
 
 # (name, kwargs, expected, tolerance as a fraction; 0 = exact) and the source of the figure.
@@ -94,12 +145,19 @@ ANCHORS = [
     # Zeiler & Fergus 2013 Fig. 3: 96 7x7/2, 256 5x5/2, 384, 384, 256 3x3, 4096, 4096, 1000, summed.
     ("zfnet", dict(), 96 * 3 * 49 + 96 + 256 * 96 * 25 + 256 + 384 * 256 * 9 + 384 + 384 * 384 * 9 + 384
      + 256 * 384 * 9 + 256 + 9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000, 0),
+    # Lin et al. 2013, the CIFAR-10 NIN: conv 5x5 192, 1x1 160, 1x1 96 | 5x5 192, 1x1 192, 1x1 192 |
+    # 3x3 192, 1x1 192, 1x1 10, with biases, summed.
+    ("nin", dict(num_classes=10, image_size=32), 3 * 25 * 192 + 192 + 192 * 160 + 160 + 160 * 96 + 96
+     + 96 * 25 * 192 + 192 + 2 * (192 * 192 + 192) + 192 * 9 * 192 + 192 + 192 * 192 + 192 + 192 * 10 + 10, 0),
     # torchvision vgg.py (Simonyan & Zisserman Table 2: 138 M / 144 M).
     ("vgg16", dict(), 138_357_544, 0),
     ("vgg19", dict(), 143_667_240, 0),
-    # torchvision googlenet.py: without / with the two auxiliary classifiers.
-    ("googlenet", dict(aux_logits=False), 6_624_904, 0),
-    ("googlenet", dict(), 13_004_888, 0),
+    # Szegedy et al. Table 1 with real 5x5 convs (BN after each conv, as torchvision): without /
+    # with the two auxiliary classifiers; torchvision googlenet.py (its "5x5" is a 3x3).
+    ("googlenet", dict(aux_logits=False), 7_005_832, 0),
+    ("googlenet", dict(), 13_385_816, 0),
+    ("googlenet_torchvision", dict(aux_logits=False), 6_624_904, 0),
+    ("googlenet_torchvision", dict(), 13_004_888, 0),
     # torchvision resnet.py / He et al. 2015 Table 1.
     ("resnet18", dict(), 11_689_512, 0),
     ("resnet34", dict(), 21_797_672, 0),
@@ -158,7 +216,7 @@ def test_plain_nets_match_their_resnets():
         assert n_params(f"plain{depth}", 10, 32) == n_params(f"resnet{depth}", 10, 32)
 
 
-# ---------------------------------------------------------------- shapes
+# ---------------------------------------------------------------- faces
 
 # Built and run for real below this many parameters; bigger ones run on the meta device, which
 # checks every shape without memory or arithmetic (the whole file must run in minutes on 2 cores).
@@ -166,20 +224,52 @@ REAL_LIMIT = 3_000_000
 
 
 @pytest.mark.parametrize("name", sorted(models.available()))
-def test_output_shape(name):
+def test_faces(name):
+    """timm's faces on every variant, at every size it is defined for (32x32 and/or 224x224), 5
+    classes, its paper's input channels: forward_features, forward_head with and without
+    pre_logits, num_features, get_classifier, reset_classifier(7).
+
+    Variants of at most REAL_LIMIT parameters run for real at 32x32, in eval mode, and there
+    forward(x) == forward_head(forward_features(x)) is checked value for value; ImageNet-scale
+    variants and every 224x224 build run on the meta device, which checks the shapes only.
+    Fitted models (kNN, Bayes, concept learning) are fitted on 20 random 32x32 images first (their
+    cost is the data's, and test_real_forward_at_224 runs kNN and Bayes at 224), and their
+    data-shaped state reloads into a fresh model with plain load_state_dict.
+    """
     info = models.available()[name]
-    sizes = {"small": [32], "imagenet": [224], "any": [32, 224]}[info.scale]
+    fitted = info.trained_by == "fit"
+    sizes = [32] if fitted else {"small": [32], "imagenet": [224], "any": [32, 224]}[info.scale]
+    c = info.in_channels
     for size in sizes:
-        fitted = info.trained_by == "fit"
-        real = fitted or (size == 32 and n_params(name, 7, image_size=size) <= REAL_LIMIT)
+        real = fitted or (size == 32 and n_params(name, 5, image_size=size, in_channels=c) <= REAL_LIMIT)
         with torch.device("cpu" if real else "meta"):
-            model = models.build(name, 7, in_channels=3, image_size=size)
+            model = models.build(name, 5, in_channels=c, image_size=size)
+            x = torch.randn(2, c, size, size)
             if fitted:
-                model.fit(torch.randn(20, 3, size, size), torch.arange(20) % 7)
+                model.fit(torch.randn(20, c, size, size), torch.arange(20) % 5)
             model.eval()
             with torch.no_grad():
-                out = model(torch.randn(2, 3, size, size))
-        assert isinstance(out, torch.Tensor) and out.shape == (2, 7), (name, size)
+                out = model(x)
+                features = model.forward_features(x)
+                logits = model.forward_head(features)
+                pooled = model.forward_head(features, pre_logits=True)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 5), (name, size)
+        assert features.dim() in (2, 3, 4) and features.shape[0] == 2
+        assert isinstance(model.num_features, int) and pooled.shape == (2, model.num_features), (name, size)
+        assert isinstance(model.get_classifier(), nn.Module)
+        if real:
+            torch.testing.assert_close(logits, out, rtol=0, atol=0, equal_nan=True)
+        if fitted:
+            fresh = models.build(name, 5, in_channels=c, image_size=size)
+            fresh.load_state_dict(model.state_dict())
+            torch.testing.assert_close(fresh.eval()(x), out)
+            with pytest.raises(NotImplementedError, match="fit"):
+                model.reset_classifier(7)
+            continue
+        model.reset_classifier(7)
+        with torch.no_grad():
+            assert model.forward_head(features).shape == (2, 7), (name, size)
+        assert model.get_classifier() is model.get_submodule(model.classifier_path)
 
 
 @pytest.mark.parametrize("name, kw", [("mobilenet_v1", dict(alpha=0.25)), ("efficientnet_b0", {}), ("knn", {}),
@@ -206,15 +296,96 @@ def test_small_inputs_get_small_stems():
 
 
 def test_googlenet_aux_outputs_only_in_training():
-    model = models.build("googlenet", 10, in_channels=1, image_size=32, variant="imagenet")
+    model = models.build("googlenet", 10, in_channels=1, image_size=32, variant="imagenet", width=0.25)
     assert model.aux_loss_weight == 0.3
     x = torch.randn(2, 1, 32, 32)
     model.train()
     out = model(x)
     assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
+    model.reset_classifier(7)  # the auxiliary classifiers too
+    assert all(o.shape == (2, 7) for o in model(x))
     model.eval()
     out = model(x)
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
+
+
+def test_googlenet_is_the_papers():
+    """Table 1's 5x5 convs in the third branch, dropout 0.4 before the classifier (Sec. 5), and
+    auxiliary classifiers with their own dropout 0.7 and loss weight 0.3."""
+    model = meta_build("googlenet")
+    for name in ("inception3a", "inception4e", "inception5b"):
+        assert getattr(model, name).branch3[1].conv.kernel_size == (5, 5)
+        assert getattr(model, name).branch2[1].conv.kernel_size == (3, 3)
+    assert model.dropout.p == 0.4
+    assert model.aux1.dropout.p == 0.7 and model.aux2.dropout.p == 0.7 and model.aux_loss_weight == 0.3
+    assert meta_build("googlenet_torchvision").inception3a.branch3[1].conv.kernel_size == (3, 3)
+
+
+def test_googlenet_torchvision_is_torchvisions():
+    """Module for module and value for value: torchvision's weights load into it unchanged."""
+    from torchvision.models import googlenet as tv_googlenet
+
+    torch.manual_seed(0)
+    theirs = tv_googlenet(weights=None, aux_logits=True, init_weights=False).eval()
+    ours = models.build("googlenet_torchvision", 1000, image_size=224).eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_local_response_norm_is_the_papers():
+    """Krizhevsky et al. Sec. 3.3: b_i = a_i / (k + alpha sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a_j^2)^beta,
+    k = 2, n = 5, alpha = 1e-4, beta = 0.75, computed by hand (alpha not divided by n)."""
+    torch.manual_seed(0)
+    a = torch.randn(1, 8, 2, 3) * 30  # large activations, so alpha matters
+    k, n, alpha, beta = 2.0, 5, 1e-4, 0.75
+    expected = torch.empty_like(a)
+    for i in range(a.shape[1]):
+        window = a[:, max(0, i - n // 2) : min(a.shape[1], i + n // 2 + 1)]
+        expected[:, i] = a[:, i] / (k + alpha * (window**2).sum(1)) ** beta
+    for name in ("alexnet", "zfnet"):
+        lrns = [m for m in models.build(name, 10, image_size=32, width=0.1, hidden=8).modules()
+                if isinstance(m, nn.LocalResponseNorm)]
+        assert len(lrns) == 2
+        for lrn in lrns:
+            torch.testing.assert_close(lrn(a), expected)
+
+
+def test_bottleneck_residual_hook():
+    """SE and stochastic depth change only the bottleneck's residual branch; the bottleneck itself
+    computes exactly torchvision's."""
+    from torchvision.models.resnet import Bottleneck as TVBottleneck
+
+    from models.resnet import Bottleneck
+    from models.senet import SEBottleneck
+    from models.stochastic_depth import StochasticBottleneck
+
+    for block in (SEBottleneck, StochasticBottleneck):
+        assert block.forward is Bottleneck.forward and "residual" in vars(block)
+    torch.manual_seed(0)
+    ours, theirs = Bottleneck(64, 16).eval(), TVBottleneck(64, 16).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 64, 4, 4)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert isinstance(meta_build("resnet50").layer1[0], Bottleneck)
+
+
+def test_nin_has_no_fully_connected_layer():
+    """Lin et al.: global average pooling of one map per class is the classifier (Sec. 3.2)."""
+    model = models.build("nin", 10)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert [m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)][::3] == [(5, 5), (5, 5), (3, 3)]
+    x = torch.randn(2, 3, 32, 32)
+    features = model.eval().forward_features(x)
+    assert features.shape == (2, 192, 8, 8)  # 32 -> 16 -> 8, pools rounding up
+    class_maps = torch.relu(model.classifier(features))
+    torch.testing.assert_close(model(x), class_maps.mean((2, 3)))
+    assert n_params("nin", 10, image_size=32, width=0.5) < n_params("nin", 10, image_size=32) / 3
+    with torch.no_grad():  # the BN option (not in the paper): a BN before every ReLU of the mlpconvs
+        bn = models.build("nin", 10, width=0.25, batch_norm=True).eval()
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 8 and bn(x).shape == (2, 10)
 
 
 def test_stochastic_depth_is_the_identity_schedule_in_eval():
@@ -261,31 +432,50 @@ def test_lenet_c3_connection_table():
 
 
 def test_catalogue_rows():
-    rows = {r["name"]: r for r in models.catalogue(names=["resnet20", "resnet18", "vit_b_16", "knn"])}
-    assert rows["resnet18"]["params"] == 11_689_512
+    from models.catalogue import catalogue
+
+    rows = {r["name"]: r for r in catalogue(names=["resnet20", "resnet18", "vit_b_16", "knn", "lenet5"])}
+    assert rows["resnet18"]["params"] == 11_689_512 and rows["resnet18"]["design_size"] == 224
     assert rows["resnet18"]["flops_224"] == pytest.approx(2 * 1.82e9, rel=0.01)  # 1.8 GFLOPs (MACs), Table 1
     assert rows["resnet20"]["flops_224"] is None and rows["resnet20"]["flops_32"] > 0
+    assert (rows["resnet20"]["design_size"], rows["resnet20"]["design_classes"]) == (32, 10)
     assert rows["vit_b_16"]["flops_32"] is None
     assert rows["knn"]["flops_32"] is None
-    assert set(rows["resnet20"]) >= {"name", "family", "year", "paper", "scale", "params", "flops_32", "flops_224"}
+    # LeNet-5 counted with the paper's one input channel: 60,850 (LeCun et al. 1998), not 61,150.
+    assert rows["lenet5"]["in_channels"] == 1 and rows["lenet5"]["params"] == 60_850
+    assert set(rows["resnet20"]) >= {"name", "family", "year", "paper", "scale", "in_channels", "params",
+                                     "design_size", "design_classes", "flops_32", "flops_224"}
 
 
 # ---------------------------------------------------------------- training
 
 def _digits_recipes() -> dict:
-    """The small variant of each family that the digits run trains, with its options (one source)."""
+    """params.yaml's architectures with their model_options and recipes, through the digits bench's
+    reader (one source for the pipeline, the bench and these tests)."""
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "bench" / "zoo_digits.py"
     spec = importlib.util.spec_from_file_location("zoo_digits", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.RECIPES
+    return module.recipes()
 
 
-TRAINABLE = [(n, dict(r["options"], in_channels=1)) for n, r in _digits_recipes().items()
+PARAMS_ZOO = _digits_recipes()
+TRAINABLE = [(n, dict(r["options"], in_channels=1)) for n, r in PARAMS_ZOO.items()
              if models.available()[n].trained_by == "sgd"]
+
+
+@pytest.mark.parametrize("name", list(PARAMS_ZOO))
+def test_params_yaml_zoo_builds_at_the_digits_size(name):
+    """Every architecture of params.yaml's train.architectures, with its train.model_options, at the
+    embedded digits' size (32x32, 1 channel, 10 classes): one forward pass (fitted ones fitted first)."""
+    torch.manual_seed(0)
+    model = models.build(name, 10, in_channels=1, image_size=32, **PARAMS_ZOO[name]["options"])
+    if models.available()[name].trained_by == "fit":
+        model.fit(torch.randn(20, 1, 32, 32), torch.arange(20) % 10)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
 # Adam's step size for the twenty steps: smaller for the nets without BN (AlexNet, ZFNet), larger for
