@@ -8,7 +8,6 @@ parameters and check their output shapes; only small models run real forwards at
 from __future__ import annotations
 
 import io
-import math
 import re
 from pathlib import Path
 
