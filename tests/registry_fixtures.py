@@ -57,6 +57,7 @@ def make_params(root: Path, *overrides: str) -> Params:
 
 def pipeline_state(root: Path, *overrides: str) -> State:
     """Real stages: ingest, augment, train (kNN: a fit; linear: 2 epochs of SGD), evaluate."""
+    from tasks import caching
     from tasks.augment import augment
     from tasks.evaluate import evaluate
     from tasks.readers import load_trained
@@ -67,11 +68,11 @@ def pipeline_state(root: Path, *overrides: str) -> State:
                          "augment.hflip=false", *overrides)
     layout = Layout(root)
     with chdir(root):
-        ingest(params, layout)
-        augment(params, layout)
-        for arch in ARCHS:
-            train(params, layout, arch)
-            evaluate(params, layout, arch)
+        for stage, fn in (("ingest", ingest), ("augment", augment)):
+            caching.run_stage(stage, fn, params, layout)
+        for arch in ARCHS:  # stamped as the flow stamps them: the registry reads only current evaluations
+            caching.run_stage("train", train, params, layout, arch, arch=arch)
+            caching.run_stage("evaluate", evaluate, params, layout, arch, arch=arch)
     data = load_prepared(layout.prepared)
     modules = {arch: load_trained(layout, arch) for arch in ARCHS}
     return State(root, params, layout, modules, preprocessing(layout, data), data.classes)

@@ -35,7 +35,9 @@ def test_gate_moves_keeps_and_audits(state):
         first = promote(p, layout)
         assert first["moved"] and first["staging"] == v1 and "no staging" in first["why"]
 
-        v2 = register_arch(state, worse)["version"]  # the same model again: not better
+        again = register_arch(state, worse)  # the very same model: nothing new is registered
+        assert again["version"] == v1 and again["new"] is False and "identical to version" in again["why"]
+        v2 = register_arch(state, worse, vote="hard")["version"]  # the same predictions, another model: not better
         second = promote(p, layout)
         assert not second["moved"] and second["staging"] == v1 and second["challenger"] == v2
         assert second["metrics"]["delta"] == 0
@@ -91,10 +93,11 @@ def test_manual_promotion_refuses_bad_versions(state):
 def test_a_challenger_that_fails_evaluation_is_kept_out_and_cannot_be_promoted(state):
     import shutil
 
-    p = state.params
+    p = state.with_params("register.model_name=digits-broken")  # its own model: no other test's versions
     with chdir(state.root):
-        staging_before = promote(p, state.layout)["staging"]  # whatever the earlier tests left
-        v = register_arch(state, "linear")["version"]
+        staging_before = register_arch(state, "knn", params=p)["version"]
+        assert promote(p, state.layout)["staging"] == staging_before
+        v = register_arch(state, "linear", params=p)["version"]
         # break the stored model: the newest bundle in the local artifact store loses its files
         bundles = [m.parent for m in (state.root / "mlartifacts").rglob("manifest.json") if m.parent.name == "bundle"]
         shutil.rmtree(max(bundles, key=lambda b: b.stat().st_mtime))
@@ -102,6 +105,6 @@ def test_a_challenger_that_fails_evaluation_is_kept_out_and_cannot_be_promoted(s
         assert not result["moved"] and result["staging"] == staging_before
         assert "challenger failed evaluation" in result["why"]
         client = tracking.client(p)
-        assert client.get_model_version("digits-promote", v).tags["zooflow.eval_status"] == "failed"
+        assert client.get_model_version("digits-broken", v).tags["zooflow.eval_status"] == "failed"
         with pytest.raises(UserError, match="failed evaluation"):
-            promote_version(p, "digits-promote", v, "staging")
+            promote_version(p, "digits-broken", v, "staging")

@@ -109,7 +109,7 @@ def test_server_mode_retries_and_dead_server(tmp_path_factory):
             broken = make_params(state.root, "register.model_name=digits-server", "mlflow.experiment=server",
                                  f"mlflow.tracking_uri=http://127.0.0.1:{proxy_port}", "mlflow.http_retries=1")
             with chdir(state.root), pytest.raises(UserError, match="failed while registering"):
-                register_arch(state, "linear", params=broken)
+                register_arch(state, "linear", params=broken, vote="hard")  # another model: a new version
             assert counts["503"] >= 2  # the alias call, retried
         # the registry on the server holds exactly that one version
         direct = make_params(state.root, "register.model_name=digits-server",
