@@ -21,10 +21,10 @@ Overrides = Annotated[
 Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as in `zooflow zoo`")]
 
 
-def _params(params_file: Path, overrides: list[str] | None):
+def _params(params_file: Path, overrides: list[str] | None, check_zoo: bool = True):
     from tasks.params import load_params
 
-    return load_params(params_file, overrides or [])
+    return load_params(params_file, overrides or [], check_zoo=check_zoo)
 
 
 def _layout():
@@ -61,7 +61,7 @@ def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides =
     """Prepare the dataset into data/prepared/."""
     from tasks.ingest import ingest as stage
 
-    _echo(stage(_params(params_file, overrides), _layout()))
+    _echo(stage(_params(params_file, overrides, check_zoo=False), _layout()))  # no torch: see load_params
 
 
 @app.command()
