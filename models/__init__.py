@@ -11,6 +11,7 @@ from models import (  # noqa: E402,F401  isort: skip
     baselines, lenet, alexnet, zfnet, vgg, googlenet, resnet, preact, wrn, resnext, stochastic_depth, senet,
     densenet, mobilenet, efficientnet, deformable, vit, coatnet,
 )
+from models import resnet9  # noqa: E402,F401  isort: skip  (Page's DAWNBench ResNet-9, 2018)
 from models.blocks import count_params  # noqa: E402  isort: skip
 from models.catalogue import catalogue  # noqa: E402  isort: skip
 
