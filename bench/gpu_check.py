@@ -546,7 +546,7 @@ def section_time_to_94(check: Check) -> None:
 
 def section_airbench(check: Check) -> None:
     if check.device.type != "cuda":
-        check.report.add("airbench94", "airbench94", "skipped", "CUDA-only (.cuda(), fp16, CUDA events): not in a CPU dry run")
+        check.report.add("airbench94", "airbench94", "skipped", f"CUDA-only (.cuda(), fp16, CUDA events): not on {check.device.type}")
         return
     folder = Path(check.args.airbench) if check.args.airbench else None
     if folder is None or not (folder / "airbench94.py").exists():
@@ -704,6 +704,10 @@ def environment(check: Check) -> dict:
            "device": str(check.device), "torch": torch.__version__, "python": platform.python_version(),
            "cpu_cores": os.cpu_count(), "machine": platform.machine(), "budget_s": check.args.budget,
            "section_caps_s": check.budget}
+    for name, path in (("shm", "/dev/shm"), ("tmp", tempfile.gettempdir()), ("work", check.work)):
+        with contextlib.suppress(OSError):  # DataLoader workers pass batches through /dev/shm
+            usage = shutil.disk_usage(path)
+            env[f"{name}_free_gib"] = round(usage.free / 2**30, 1)
     if check.device.type == "cuda":
         props = torch.cuda.get_device_properties(check.device)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
@@ -742,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         shm = Path("/dev/shm")
         base = shm if not args.dry_run and shm.is_dir() and os.access(shm, os.W_OK) else None
+        if base is not None and shutil.disk_usage(base).free < 16 * 2**30:  # a container's small /dev/shm
+            base = None
         scratch = tempfile.mkdtemp(prefix="zooflow-gpu-check-", dir=base)
         args.work = scratch
     Path(args.work).mkdir(parents=True, exist_ok=True)
