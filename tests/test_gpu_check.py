@@ -14,30 +14,13 @@ import pytest
 import torch
 
 import models
+from tests import no_services
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# On PYTHONPATH as sitecustomize.py: every process of the check (torchrun and its rank too) is blocked.
-BLOCK = '''
-import importlib.abc, sys
-
-BLOCKED = ("prefect", "prefect_dask", "mlflow", "great_expectations", "dvc")
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-        return None
-
-sys.meta_path.insert(0, Block())
-'''
-
-
 @pytest.mark.timeout(900)
 def test_dry_run_runs_every_section_without_services(tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(BLOCK)
+    hook = no_services.sitecustomize(tmp_path / "hook")  # every process of the check, torchrun's rank too
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]), OMP_NUM_THREADS="1")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out),
