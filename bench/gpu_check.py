@@ -7,8 +7,8 @@ one H200) so that one failing or slow section is a row of the table and the othe
                 decoded on every core); airbench's train.pt/test.pt built from the same decoded pixels
     zoo         one variant of every family (the one params.yaml trains, else the family's first) at its
                 paper size (CIFAR variants 32x32 batch 128; ImageNet ones 224x224 batch 32), 2 epochs of
-                15 steps through the real train stage (bf16 autocast, channels_last, fused SGD/AdamW):
-                loss finite and falling, peak GPU memory; kNN fitted on the GPU
+                15 steps through the real train stage (bf16 autocast, channels_last, fused AdamW): loss
+                finite and falling, peak GPU memory; kNN fitted on the GPU (the fused SGD path: below)
     throughput  bench/train_speed.py's three loops in one process: the engine vs DataLoader + PIL (8
                 workers, pinned memory) vs a bare loop; ResNet-18 (CIFAR stem); img/s, GPU utilisation
     time-to-94  Page's ResNet-9 with its recipe (bench/recipes/resnet9_94.yaml) on the full 50k/10k split
@@ -16,8 +16,8 @@ one H200) so that one failing or slow section is a row of the table and the othe
                 same pixels, same GPU, same call: warm-up + 3 runs
     paper       ResNet-20 / ResNet-56 with He et al.'s recipe compressed to 30 epochs
                 (bench/recipes/resnet_cifar_paper.yaml): test accuracy beside the paper's 91.25 / 93.03 %
-    ddp         torchrun --nproc-per-node 1 (NCCL on CUDA, gloo on CPU): an uninterrupted run, a run stopped
-                after its first checkpoint and its resume; the resumed weights against the uninterrupted
+    ddp         one torchrun --nproc-per-node 1 (a process group of one: NCCL on CUDA, gloo on CPU): a run
+                stopped after its first checkpoint, its resume, and an uninterrupted run to compare weights
     compile     ResNet-9 and ResNet-20 with train.compile: true (compile time, img/s beside eager's)
 
 It prints one table and writes `gpu_check.json` (a row per family / item, and the environment) to --out,
