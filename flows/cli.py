@@ -22,10 +22,10 @@ Overrides = Annotated[
 Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as in `zooflow zoo`")]
 
 
-def _params(params_file: Path, overrides: list[str] | None):
+def _params(params_file: Path, overrides: list[str] | None, check_zoo: bool = True):
     from tasks.params import load_params
 
-    return load_params(params_file, overrides or [])
+    return load_params(params_file, overrides or [], check_zoo=check_zoo)
 
 
 def _layout():
@@ -91,7 +91,7 @@ def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides =
     """Prepare the dataset into data/prepared/."""
     from tasks.ingest import ingest as stage
 
-    _echo(_stage("ingest", stage, _params(params_file, overrides)))
+    _echo(_stage("ingest", stage, _params(params_file, overrides, check_zoo=False)))  # no torch: see load_params
 
 
 @app.command()

@@ -15,6 +15,7 @@ from models import (  # noqa: E402,F401  isort: skip
     baselines, concept_learning, lenet, alexnet, zfnet, nin, vgg, googlenet, resnet, preact, wrn, resnext,
     stochastic_depth, senet, densenet, mobilenet, efficientnet, deformable, vit, coatnet,
 )
+from models import resnet9  # noqa: E402,F401  isort: skip  (Page's DAWNBench ResNet-9, 2018)
 from models.blocks import count_params  # noqa: E402  isort: skip
 
 __all__ = ["Classifier", "FittedClassifier", "ModelInfo", "available", "build", "count_params", "register",

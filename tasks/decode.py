@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import signal
 import warnings
 from typing import Any
 
@@ -20,6 +21,14 @@ Image.MAX_IMAGE_PIXELS = None
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def worker_init() -> None:
+    """A decoding worker starts here. Where workers are forked they would inherit the parent's signal
+    handlers (Prefect's raise on SIGTERM): restore the default, and leave Ctrl-C to the parent, which
+    stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class BadImage(Exception):

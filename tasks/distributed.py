@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 
 def launched() -> bool:
-    """Whether this process was started by torchrun as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun started this process (it sets TORCHELASTIC_RUN_ID), even as the only one: then
+    it joins a process group and trains under DDP, so one GPU can check the NCCL path (bench/gpu_check.py)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is up: DDP (with one process, every collective is the identity)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tasks.errors import ParamsError
 
@@ -193,13 +193,14 @@ class TrainParams(Section):
 
     @field_validator("architectures")
     @classmethod
-    def _known_architectures(cls, names: list[str]) -> list[str]:
-        import models
+    def _known_architectures(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        if (info.context or {}).get("check_zoo", True):
+            import models  # the zoo imports torch: skipped where only `data` is read (load_params(check_zoo=False))
 
-        known = sorted(models.available())
-        for i, name in enumerate(names):
-            if name not in known:
-                raise ValueError(f"unknown architecture {name!r} at position {i}; allowed: {', '.join(known)}")
+            known = sorted(models.available())
+            for i, name in enumerate(names):
+                if name not in known:
+                    raise ValueError(f"unknown architecture {name!r} at position {i}; allowed: {', '.join(known)}")
         if len(set(names)) != len(names):
             raise ValueError("architectures are listed twice")
         return names
@@ -388,8 +389,12 @@ def _format(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (missing file: all defaults), apply overrides, validate."""
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None, check_zoo: bool = True
+                ) -> Params:
+    """Read params.yaml (missing file: all defaults), apply overrides, validate.
+
+    `check_zoo=False` leaves architecture names unchecked, so torch is never imported: for stages that
+    read only `data` (ingest: its process and its decoding workers stay at numpy + PIL)."""
     path = Path(path)
     raw: dict = {}
     if path.exists():
@@ -401,9 +406,11 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     raw = apply_overrides(raw, overrides or [])
     try:
-        params = Params.model_validate(raw)
+        params = Params.model_validate(raw, context={"check_zoo": check_zoo})
     except ValidationError as exc:
         raise ParamsError(f"{path}: {_format(exc)}") from None
+    if not check_zoo:
+        return params
     # Recipes for architectures not in this run's list are kept, not refused (`-S train.architectures=
     # [knn]` narrows a run), but a name that is no architecture at all is a typo.
     import models

@@ -8,21 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests import no_services
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    BLOCKED = ("prefect", "prefect_dask", "mlflow", "great_expectations", "dvc")
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, Block())
     sys.path.insert(0, {root!r})
 
     import numpy as np
@@ -52,7 +43,7 @@ SCRIPT = textwrap.dedent(
 
 def test_engine_zoo_and_stages_run_without_prefect_or_mlflow(tmp_path):
     script = tmp_path / "no_services.py"
-    script.write_text(SCRIPT.format(root=str(ROOT)))
+    script.write_text(no_services.SOURCE + SCRIPT.format(root=str(ROOT)))
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "project")], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

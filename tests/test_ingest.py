@@ -108,3 +108,41 @@ def test_assign_splits_respects_source_splits():
     codes = assign_splits(labels, hints, 2, 0.2, 0.25, seed=0)
     assert list(codes[:4]) == [2, 2, 2, 2]
     assert (codes[4:] == 1).sum() == 2  # one per class carved from train
+
+
+def test_ingest_imports_no_torch(tmp_path):
+    """Ingest reads only `data`: with check_zoo=False its process never imports torch (issue 17: the
+    CIFAR-10 ingest peaked at 1.6 GB resident when params validation pulled in the zoo)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from pathlib import Path
+        from tasks.ingest import ingest
+        from tasks.layout import Layout
+        from tasks.params import load_params
+        params = load_params(Path("none.yaml"), ["data.limit_per_class=5"], check_zoo=False)
+        ingest(params, Layout(Path({str(tmp_path)!r})))
+        print(sorted(m for m in ("torch", "torchvision", "models") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_decoding_workers_do_not_inherit_the_parents_imports():
+    """The flow's process has torch loaded; its decoding workers must start without it."""
+    import torch  # noqa: F401  the parent as in the flow
+
+    from tasks import ingest as stage
+
+    pool = stage._pool(2)
+    try:
+        assert pool.apply(eval, ("'torch' in __import__('sys').modules",)) is False
+        assert pool.apply(eval, ("'tasks.decode' in __import__('sys').modules",)) is True
+    finally:
+        pool.close()
+        pool.join()
