@@ -25,6 +25,9 @@ Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as i
 def _params(params_file: Path, overrides: list[str] | None, check_zoo: bool = True):
     from tasks.params import load_params
 
+    if params_file != Path("params.yaml") and not params_file.exists():  # a typo, not "use the defaults"
+        raise UserError(f"{params_file}: no such params file; pass an existing one with --params, or leave it out "
+                        f"to use ./params.yaml")
     return load_params(params_file, overrides or [], check_zoo=check_zoo)
 
 
@@ -38,8 +41,10 @@ def _layout():
 def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
     params = _params(params_file, overrides)  # fail on bad params before Prefect starts
-    from flows.pipeline import zoo_pipeline
     from tasks import tracking
+
+    tracking.check_server(params)
+    from flows.pipeline import zoo_pipeline
     from tasks.leaderboard import format_leaderboard
     from tasks.lock import project_lock
 
@@ -80,6 +85,10 @@ def _stage(stage: str, fn, params, *args, arch: str | None = None):
     from tasks.lock import project_lock
 
     layout = _layout()
+    if stage in ("train", "evaluate", "register", "promote"):  # they log to MLflow: is it there?
+        from tasks import tracking
+
+        tracking.check_server(params)
     with project_lock(layout, f"zooflow {stage}", params.orchestration.lock_wait_seconds):
         if stage in caching.STAGES:
             return caching.run_stage(stage, fn, params, layout, *args, arch=arch)
@@ -295,21 +304,44 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Loading the @staging model for the gate fetches a handful of small files: no progress bar for that.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "--debug" in sys.argv[1:]:
+        sys.argv.remove("--debug")
+        os.environ["ZOOFLOW_DEBUG"] = "1"
+    sys.exit(run_cli())
+
+
+def run_cli() -> int:
+    """The command line, with one error path: a problem the user can fix is one line `error: ...` and its
+    exit code (2, or 75 for a busy folder); only a bug shows a traceback, with a line asking to report it.
+    `--debug` (or ZOOFLOW_DEBUG=1) shows the traceback of any error."""
+    import click
+
+    from tasks.errors import user_error
+
+    debug = os.environ.get("ZOOFLOW_DEBUG", "") not in ("", "0")
     try:
         app(standalone_mode=False)
-    except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return 0
+    except typer.Exit as exc:
+        return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
+        return 130
+    except click.ClickException as exc:  # usage errors carry their own exit code
+        exc.show()
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - sorted into the user's problems and our bugs below
+        known = user_error(exc)
+        if debug or known is None:
+            import traceback
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+            traceback.print_exc()
+        if known is None:
+            typer.echo(f"error: {type(exc).__name__}: {exc}\nThis is a bug in zooflow, not in your input: please "
+                       f"report it with the traceback above (re-run with --debug for the full context).", err=True)
+            return 1
+        typer.echo(f"error: {known}", err=True)
+        return known.exit_code
 
 
 if __name__ == "__main__":

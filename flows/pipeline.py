@@ -72,6 +72,7 @@ def zoo_pipeline(
     params = load_params(Path(params_file), overrides)
     layout = Layout(Path(workdir))
     with project_lock(layout, "the zoo-pipeline flow", params.orchestration.lock_wait_seconds):
+        tracking.check_server(params)  # a server that is down: one line now, not minutes of retries per stage
         parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
         try:
             with tracking.ending(params, parent):

@@ -30,8 +30,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as exc:
+        _raise_if_full(exc, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _raise_if_full(exc: BaseException, path: Path) -> None:
+    """A write that failed for lack of space is named as such, with the path it was for."""
+    from tasks.errors import DiskFull, disk_full, user_error
+
+    if isinstance(user_error(exc), DiskFull):
+        raise disk_full(str(path)) from exc
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -64,7 +75,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:
+            _raise_if_full(exc, path)
+            raise
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

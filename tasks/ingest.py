@@ -14,10 +14,11 @@ manifest entry per source file). Everything is written inside a temporary folder
 `data/prepared/` only when complete.
 
 Bad input: a file that cannot be used (corrupt, truncated, empty, not an image, over
-`data.max_image_pixels`, a symlink or archive member leaving the dataset, a label naming no class,
-an empty class) is quarantined under `data.on_bad_file: skip` (listed in manifest.csv and the
-summary) or stops the run under `fail`; either way the message names the file and the reason, and
-a stop is a `DataError` (exit code 2). Junk (.DS_Store, __MACOSX/, hidden files) is ignored and
+`data.max_image_pixels`, a symlink or archive member leaving the dataset, a label naming no class)
+is quarantined under `data.on_bad_file: skip` (listed in manifest.csv and the summary) or stops the
+run under `fail`; either way the message names the file and the reason, and a stop is a `DataError`
+(exit code 2). A class left with no usable images stops the run naming it, unless
+`data.on_empty_class: drop` (then it is listed in the manifest and a warning line says so). Junk (.DS_Store, __MACOSX/, hidden files) is ignored and
 listed, never an error. A dataset with fewer than two classes is always an error.
 
 Hashes: a split's sha256 covers its image bytes then its int64 label bytes (C order); `data_sha256`
@@ -226,14 +227,21 @@ def _settle_labels(source: Source, data: DataParams, rows: list[Entry]) -> list[
                 _bad(data, row)
     seen = Counter(r.label for r in rows if r.outcome == "ok")
     candidates = list(fixed) if fixed is not None else sorted(set(seen) | set(found))
-    classes = []
+    classes, empty = [], []
     for name in candidates:
         if seen[name]:
             classes.append(name)
             continue
-        row = Entry(f"{name}/" if source.tree else f"class {name}", "bad", "empty class: no usable images")
-        rows.append(row)
-        _bad(data, row)
+        empty.append(name)
+        rows.append(Entry(f"{name}/" if source.tree else f"class {name}", "bad", "empty class: no usable images"))
+    if empty and data.on_empty_class == "fail":
+        names = ", ".join(repr(n) for n in empty)
+        raise DataError(f"{where}: class{'es' if len(empty) > 1 else ''} {names} ha{'ve' if len(empty) > 1 else 's'} "
+                        f"no usable images (an empty folder, or every file in it bad: see the manifest); add images, "
+                        f"remove {'them' if len(empty) > 1 else 'it'}, or set data.on_empty_class=drop to train without")
+    if empty:
+        print(f"warning: {where}: training without class{'es' if len(empty) > 1 else ''} "
+              f"{', '.join(repr(n) for n in empty)}: no usable images (data.on_empty_class=drop)", file=sys.stderr)
     if not classes:
         raise DataError(f"{where}: no usable images found"
                         + (" (expected <class>/<image> or train/<class>/<image> folders)" if source.tree else ""))

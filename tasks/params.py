@@ -7,10 +7,12 @@ the allowed values, raised before any stage does work.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -19,7 +21,7 @@ from tasks.errors import ParamsError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and inf are never a setting
 
 
 class DataParams(Section):
@@ -35,13 +37,28 @@ class DataParams(Section):
     channels: Literal[1, 3] | None = Field(None, description="1 or 3; null keeps the source's own")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="stratified test share, for sources without a test split")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="stratified val share carved from train")
-    split_seed: int = Field(0, description="seed of the stratified val/test draws")
-    limit_per_class: int | None = Field(None, ge=1, description="keep at most this many images per class and split")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the stratified val/test draws")
+    limit_per_class: int | None = Field(None, ge=1, le=10**9, description="keep at most this many images per class and split")
     on_bad_file: Literal["skip", "fail"] = Field(
         "skip", description="a bad file: skip it (listed in the manifest) or fail the run"
     )
-    max_image_pixels: int = Field(89_478_485, ge=1, description="larger images are refused (decompression bombs)")
-    workers: int = Field(0, ge=0, description="decoding processes; 0: all cores")
+    max_image_pixels: int = Field(89_478_485, ge=1, le=2**40, description="larger images are refused (decompression bombs)")
+    workers: int = Field(0, ge=0, le=256, description="decoding processes; 0: all cores")
+    on_empty_class: Literal["fail", "drop"] = Field(
+        "fail", description="a class with no usable images: stop (fail), or train without it (drop, listed in the manifest)"
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is None:
+            return None
+        if not classes or any(not str(c).strip() for c in classes):
+            raise ValueError("class names must be non-empty")
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise ValueError(f"class names listed twice: {', '.join(map(repr, twice))}")
+        return classes
 
 
 VALIDATION_CHECKS: dict[str, tuple[str, str]] = {  # name -> (default severity, what it guards)
@@ -57,11 +74,11 @@ VALIDATION_CHECKS: dict[str, tuple[str, str]] = {  # name -> (default severity, 
 
 
 class ValidateParams(Section):
-    min_per_class: int = Field(5, ge=1, description="every class needs this many images in every split")
-    max_imbalance_ratio: float = Field(10.0, ge=1, description="largest / smallest class count within a split")
+    min_per_class: int = Field(5, ge=1, le=10**9, description="every class needs this many images in every split")
+    max_imbalance_ratio: float = Field(10.0, ge=1, le=10**9, description="largest / smallest class count within a split")
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1, description="exact duplicates within a split")
     max_constant_fraction: float = Field(0.01, ge=0, le=1, description="near-constant (blank) images")
-    constant_std: float = Field(2.0, ge=0, description="an image whose pixel std is below this is near-constant")
+    constant_std: float = Field(2.0, ge=0, le=255, description="an image whose pixel std is below this is near-constant")
     severity: dict[str, Literal["blocking", "warning"]] = Field(
         default_factory=dict, description="per-check override of blocking/warning; checks: " + ", ".join(VALIDATION_CHECKS)
     )
@@ -81,14 +98,14 @@ class AugmentParams(Section):
     Order: policy (uint8) -> resized crop / scale jitter -> padded crop -> flip -> colour jitter -> PCA
     lighting -> normalise -> cutout / random erasing -> mixup / cutmix."""
 
-    crop_padding: int = Field(4, ge=0, description="random crop after padding by this many pixels; 0: off")
+    crop_padding: int = Field(4, ge=0, le=256, description="random crop after padding by this many pixels; 0: off")
     padding_mode: Literal["zeros", "reflect"] = Field("zeros", description="how the crop pads: black or mirrored")
     hflip: bool = Field(True, description="random horizontal flip, p=0.5")
-    brightness: float = Field(0.0, ge=0, description="colour jitter: brightness factor in [1-b, 1+b]; 0: off")
-    contrast: float = Field(0.0, ge=0, description="colour jitter: contrast factor in [1-c, 1+c]; 0: off")
-    saturation: float = Field(0.0, ge=0, description="colour jitter: saturation factor in [1-s, 1+s]; 0: off")
+    brightness: float = Field(0.0, ge=0, le=10, description="colour jitter: brightness factor in [1-b, 1+b]; 0: off")
+    contrast: float = Field(0.0, ge=0, le=10, description="colour jitter: contrast factor in [1-c, 1+c]; 0: off")
+    saturation: float = Field(0.0, ge=0, le=10, description="colour jitter: saturation factor in [1-s, 1+s]; 0: off")
     hue: float = Field(0.0, ge=0, le=0.5, description="colour jitter: hue rotation in [-h, h] turns; 0: off")
-    pca_lighting: float = Field(0.0, ge=0, description="AlexNet's PCA lighting noise: std of the eigen-weights (0.1 in the paper); 0: off")
+    pca_lighting: float = Field(0.0, ge=0, le=10, description="AlexNet's PCA lighting noise: std of the eigen-weights (0.1 in the paper); 0: off")
     scale_jitter: tuple[float, float] | None = Field(
         None, description="VGG scale jittering: rescale to side S in [min, max] x image_size, then crop image_size; null: off"
     )
@@ -96,31 +113,43 @@ class AugmentParams(Section):
         None, description="Inception-style random resized crop: area fraction range, e.g. [0.35, 1]; null: off"
     )
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect-ratio range of the random resized crop")
-    cutout: int = Field(0, ge=0, description="cutout: side in pixels of a square zeroed at a random centre; 0: off")
+    cutout: int = Field(0, ge=0, le=4096, description="cutout: side in pixels of a square zeroed at a random centre; 0: off")
     random_erasing: float = Field(0.0, ge=0, le=1, description="random erasing probability (Zhong et al.); 0: off")
     erasing_scale: tuple[float, float] = Field((0.02, 0.33), description="erased area fraction range")
     erasing_ratio: tuple[float, float] = Field((0.3, 3.3), description="erased rectangle aspect-ratio range")
-    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0: off")
-    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0: off (both on: one per batch, 50/50)")
+    mixup_alpha: float = Field(0.0, ge=0, le=1000, description="mixup Beta(alpha, alpha); 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0, le=1000, description="cutmix Beta(alpha, alpha); 0: off (both on: one per batch, 50/50)")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup/cutmix is on")
     policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = Field(
         "none", description="policy augmentation from torchvision.transforms.v2, applied per sample"
     )
     autoaugment_policy: Literal["cifar10", "imagenet", "svhn"] = Field("cifar10", description="AutoAugment: which learned policy")
-    randaugment_ops: int = Field(2, ge=1, description="RandAugment: ops per image (N)")
+    randaugment_ops: int = Field(2, ge=1, le=100, description="RandAugment: ops per image (N)")
     randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment: magnitude (M)")
     preview_images: int = Field(64, ge=1, le=256, description="augmented train images in data/augment/preview.png")
+
+    @field_validator("scale_jitter", "random_resized_crop", "rrc_ratio", "erasing_scale", "erasing_ratio")
+    @classmethod
+    def _ranges(cls, pair: tuple[float, float] | None, info) -> tuple[float, float] | None:
+        if pair is None:
+            return None
+        lo, hi = pair
+        top = {"random_resized_crop": 1.0, "erasing_scale": 1.0}.get(info.field_name, 100.0)
+        if not 0 < lo <= hi <= top:
+            raise ValueError(f"expected [low, high] with 0 < low <= high <= {top:g} (got [{lo:g}, {hi:g}])")
+        return pair
 
 
 class OptimizerParams(Section):
     name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = Field("sgd", description="the optimiser")
-    lr: float = Field(0.05, gt=0, description="peak learning rate (after warm-up, before decay)")
+    lr: float = Field(0.05, gt=0, le=1000, description="peak learning rate (after warm-up, before decay)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop momentum")
     nesterov: bool = Field(False, description="sgd: Nesterov momentum")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (decoupled for adamw)")
+    weight_decay: float = Field(5e-4, ge=0, le=10, description="L2 weight decay (decoupled for adamw)")
     exclude_bn_bias_decay: bool = Field(False, description="no weight decay on normalisation weights and biases")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
-    eps: float = Field(1e-8, gt=0, description="adam/adamw/rmsprop/adagrad/adadelta epsilon")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="adam/adamw betas")
+    eps: float = Field(1e-8, gt=0, le=1, description="adam/adamw/rmsprop/adagrad/adadelta epsilon")
     alpha: float = Field(0.99, gt=0, lt=1, description="rmsprop smoothing constant")
     rho: float = Field(0.9, gt=0, lt=1, description="adadelta decay of the squared-gradient average")
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = Field(
@@ -132,22 +161,22 @@ class ScheduleParams(Section):
     name: Literal["constant", "cosine", "step", "exponential", "plateau", "onecycle"] = Field(
         "cosine", description="learning-rate schedule, set every step"
     )
-    warmup_epochs: float = Field(0, ge=0, description="linear warm-up from warmup_start_factor x lr, per step")
+    warmup_epochs: float = Field(0, ge=0, le=100_000, description="linear warm-up from warmup_start_factor x lr, per step")
     warmup_start_factor: float = Field(0.1, gt=0, le=1, description="warm-up starts at this fraction of lr")
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
-    milestones: list[int] = Field(
+    milestones: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
         default_factory=list, description="step: epochs at which lr is multiplied by step_gamma; empty: 50% and 75% of the run"
     )
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: the factor at each milestone (divide by 10)")
     exp_gamma: float = Field(0.96, gt=0, le=1, description="exponential: factor every exp_every epochs (GoogLeNet: 0.96 / 8)")
-    exp_every: int = Field(8, ge=1, description="exponential: epochs between two exp_gamma steps")
+    exp_every: int = Field(8, ge=1, le=100_000, description="exponential: epochs between two exp_gamma steps")
     plateau_factor: float = Field(0.1, gt=0, lt=1, description="plateau: lr factor when val accuracy stops improving")
-    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the cut")
-    plateau_threshold: float = Field(1e-3, ge=0, description="plateau: smallest val-accuracy gain that counts")
+    plateau_patience: int = Field(2, ge=0, le=100_000, description="plateau: epochs without improvement before the cut")
+    plateau_threshold: float = Field(1e-3, ge=0, le=1, description="plateau: smallest val-accuracy gain that counts")
     onecycle_pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
-    onecycle_div: float = Field(25.0, ge=1, description="onecycle: start lr = lr / div")
-    onecycle_final_div: float = Field(1e4, ge=1, description="onecycle: final lr = lr / (div * final_div)")
-    onecycle_momentum: tuple[float, float] | None = Field(
+    onecycle_div: float = Field(25.0, ge=1, le=1e6, description="onecycle: start lr = lr / div")
+    onecycle_final_div: float = Field(1e4, ge=1, le=1e9, description="onecycle: final lr = lr / (div * final_div)")
+    onecycle_momentum: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = Field(
         (0.85, 0.95),
         description="onecycle: momentum (SGD, RMSprop) or Adam's beta1 cycled inversely to lr, from max to base and back; null: left alone",
     )
@@ -162,16 +191,16 @@ class TrainParams(Section):
         min_length=1,
         description="the zoo to train, by name (`zooflow zoo` lists them)",
     )
-    epochs: int = Field(15, ge=1, description="passes over the train split")
-    batch_size: int = Field(128, ge=1, description="images per step (the ragged last batch of an epoch is dropped)")
+    epochs: int = Field(15, ge=1, le=100_000, description="passes over the train split")
+    batch_size: int = Field(128, ge=1, le=1 << 20, description="images per step (the ragged last batch of an epoch is dropped)")
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy targets (also of mixed ones)")
     deterministic: bool = Field(True, description="deterministic kernels: same seed, same weights")
-    grad_clip: float = Field(0.0, ge=0, description="clip the gradients' global L2 norm to this; 0: off")
+    grad_clip: float = Field(0.0, ge=0, le=1e9, description="clip the gradients' global L2 norm to this; 0: off")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="model EMA decay (e.g. 0.999), selected on val when on; 0: off")
-    early_stopping: int = Field(0, ge=0, description="stop after this many epochs without a better val accuracy; 0: off")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the steps of an epoch (smoke runs)")
+    early_stopping: int = Field(0, ge=0, le=100_000, description="stop after this many epochs without a better val accuracy; 0: off")
+    max_steps_per_epoch: int | None = Field(None, ge=1, le=10**9, description="cap on the steps of an epoch (smoke runs)")
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="autocast: auto is bf16 on CUDA, off elsewhere")
     channels_last: bool = Field(True, description="channels_last (NHWC) memory format for the model and batches, on CUDA and CPU")
     cudnn_benchmark: bool = Field(True, description="cudnn autotuning on CUDA (off when deterministic)")
@@ -179,7 +208,7 @@ class TrainParams(Section):
     data_placement: Literal["auto", "device", "ram", "mmap"] = Field(
         "auto", description="where the uint8 train split lives: auto = the device when it fits, else RAM, else memory-mapped"
     )
-    num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0: torch's default (all cores)")
+    num_threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch; 0: torch's default (all cores)")
     resume: bool = Field(True, description="continue from outputs/train/<arch>/checkpoint.pt when its params match")
     progress: Literal["auto", "bar", "log", "off"] = Field(
         "auto", description="auto: a tqdm bar on a terminal, one log line per epoch otherwise"
@@ -218,14 +247,14 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(256, ge=1, description="inference batch size")
+    batch_size: int = Field(256, ge=1, le=1 << 16, description="inference batch size")
     tta: Literal["none", "flip", "multicrop"] = Field(
         "none", description="test-time augmentation reported beside the plain metrics: mirror, or 10-view crops"
     )
     ece_bins: int = Field(15, ge=1, le=100, description="confidence bins of the expected calibration error")
     measure_speed: bool = Field(True, description="measure latency (batch 1) and throughput")
-    latency_repeats: int = Field(20, ge=1, description="timed batch-1 forward passes (the median is reported)")
-    throughput_batch: int = Field(256, ge=1, description="batch size of the throughput measurement")
+    latency_repeats: int = Field(20, ge=1, le=10_000, description="timed batch-1 forward passes (the median is reported)")
+    throughput_batch: int = Field(256, ge=1, le=1 << 14, description="batch size of the throughput measurement")
 
 
 class EnsembleParams(Section):
@@ -233,7 +262,7 @@ class EnsembleParams(Section):
         "auto", description="the ensemble written out; auto: the best of all methods on val"
     )
     members: list[str] | None = Field(None, description="architectures to combine; null: every evaluated one")
-    greedy_rounds: int = Field(25, ge=1, description="additions in greedy forward selection (with replacement)")
+    greedy_rounds: int = Field(25, ge=1, le=10_000, description="additions in greedy forward selection (with replacement)")
 
 
 class RegisterParams(Section):
@@ -244,7 +273,7 @@ class RegisterParams(Section):
         description="the registered model in the MLflow registry; null: named after the data, "
                     "`<source or folder name>-classifier` (digits-classifier, cifar10-classifier, pets-classifier)",
     )
-    min_delta: float = Field(0.0, ge=0, description="val accuracy the challenger must gain over staging")
+    min_delta: float = Field(0.0, ge=0, le=1, description="val accuracy the challenger must gain over staging")
     candidates: Literal["all", "single", "ensemble"] = Field(
         "all", description="what may be registered: the best single model, the ensemble, or the best of both"
     )
@@ -253,28 +282,37 @@ class RegisterParams(Section):
 class MlflowParams(Section):
     tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = Field("zooflow", description="MLflow experiment of the runs")
-    http_retries: int = Field(3, ge=0, description="retries of a transient HTTP error (server mode)")
-    http_timeout: int = Field(30, ge=1, description="seconds before an HTTP request to the server fails")
+    http_retries: int = Field(3, ge=0, le=20, description="retries of a transient HTTP error (server mode)")
+    http_timeout: int = Field(30, ge=1, le=3600, description="seconds before an HTTP request to the server fails")
 
 
 class OrchestrationParams(Section):
     task_runner: Literal["sequential", "threads", "dask"] = Field(
         "sequential", description="how train/evaluate fan out over architectures"
     )
-    max_workers: int = Field(2, ge=1, description="threads, or Dask workers of the local cluster")
+    max_workers: int = Field(2, ge=1, le=256, description="threads, or Dask workers of the local cluster")
     dask_address: str | None = Field(None, description="an existing Dask scheduler; null: a LocalCluster")
     fail_fast: bool = Field(
         True, description="true: any failed architecture fails the run (after the others finish)"
     )
     cache: bool = Field(True, description="skip stages whose inputs (data, params, code) are unchanged")
-    retries: int = Field(2, ge=0, description="retries of a stage on transient errors (not on user errors)")
-    retry_delay_seconds: float = Field(5.0, ge=0, description="first retry delay; doubles on each retry")
+    retries: int = Field(2, ge=0, le=20, description="retries of a stage on transient errors (not on user errors)")
+    retry_delay_seconds: float = Field(5.0, ge=0, le=3600, description="first retry delay; doubles on each retry")
     lock_wait_seconds: float = Field(
-        0, ge=0, description="another run holds the project folder: wait this long for it, then refuse (exit 75)"
+        0, ge=0, le=7 * 86400, description="another run holds the project folder: wait this long for it, then refuse (exit 75)"
     )
-    timeout_seconds: dict[str, float] = Field(
+    timeout_seconds: dict[str, Annotated[float, Field(gt=0, le=30 * 86400)]] = Field(
         default_factory=dict, description="per-stage time limit, e.g. {train: 3600}"
     )
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _known_stages(cls, limits: dict[str, float]) -> dict[str, float]:
+        stages = ("ingest", "validate", "augment", "train", "evaluate", "ensemble", "leaderboard", "register", "promote")
+        for name in limits:
+            if name not in stages:
+                raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(stages)}")
+        return limits
 
 
 # `register` is also ABCMeta.register on the class; on instances the field wins, as intended.
@@ -282,7 +320,7 @@ warnings.filterwarnings("ignore", message='Field name "register" in "Params" sha
 
 
 class Params(Section):
-    seed: int = Field(0, description="seed of training and augmentation: same seed, same metrics")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of training and augmentation: same seed, same metrics")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto: CUDA, else MPS, else CPU")
     data: DataParams = Field(default_factory=DataParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
@@ -294,7 +332,7 @@ class Params(Section):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _default_model_name(self) -> Params:
@@ -318,6 +356,14 @@ def data_name(data: DataParams) -> str:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")
         return name or data.source
     return data.source
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: where the YAML broke and how."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: not valid YAML ({problem}); fix the syntax there (`zooflow params` checks it)"
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -401,7 +447,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         try:
             raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+            raise ParamsError(_yaml_error(path, exc)) from None
         if not isinstance(raw, dict):
             raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     raw = apply_overrides(raw, overrides or [])
@@ -421,8 +467,95 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             if arch not in known:
                 raise ParamsError(f"{path}: train.{section}.{arch}: unknown architecture; `zooflow zoo` lists them")
     for arch in params.train.overrides:
-        params.train.for_arch(arch)
+        try:
+            params.train.for_arch(arch)
+        except ParamsError as exc:
+            raise ParamsError(f"{path}: {exc}") from None
+    channels = params.data.channels or 3
+    for arch in sorted({*params.train.architectures, *params.train.model_options, *params.train.overrides}):
+        options = params.train.for_arch(arch).model_options.get(arch, {})
+        try:
+            check_model_options(arch, options, channels, params.data.image_size)
+        except OptionError as exc:
+            where = f"train.model_options.{arch}.{exc.option}" if exc.option else f"train.architectures: {arch}"
+            raise ParamsError(f"{path}: {where}: {exc}") from None
     return params
+
+
+BUILD_ARGUMENTS = ("num_classes", "in_channels", "image_size")  # set from the data, never an option
+
+
+class OptionError(ValueError):
+    """An architecture's option (or, when `option` is None, the architecture at this input) is refused."""
+
+    def __init__(self, option: str | None, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def check_model_options(arch: str, options: dict[str, Any], in_channels: int, image_size: int) -> None:
+    """The options name keywords the builder takes, with values of their annotated types, and the model
+    builds with them at this input size (on the meta device: no memory, no arithmetic).
+
+    Raises OptionError."""
+    import inspect
+    import typing
+
+    import models
+
+    builder = models.available()[arch].builder
+    signature = inspect.signature(builder)
+    forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    takes = [n for n, p in signature.parameters.items()
+             if n not in BUILD_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # noqa: BLE001 - an annotation we cannot resolve: check the names only
+        hints = {}
+    for name, value in options.items():
+        if name in BUILD_ARGUMENTS:
+            raise OptionError(name, "set from the data (data.image_size, data.channels, the classes), not an option")
+        if not forwards and name not in takes:
+            raise OptionError(name, f"not an option of {arch}; it takes: {', '.join(takes) or 'none'}")
+        if name in hints:
+            _check_type(name, value, hints[name])
+    _builds(arch, json.dumps(options, sort_keys=True, default=str), in_channels, image_size)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    from pydantic import TypeAdapter, ValidationError as PydanticError
+
+    try:
+        TypeAdapter(hint).validate_python(value)
+    except PydanticError:
+        raise OptionError(name, f"{value!r} is not a {_hint_name(hint)}") from None
+    except Exception:  # noqa: BLE001 - a hint pydantic cannot check: the build below will
+        pass
+
+
+@functools.lru_cache(maxsize=512)
+def _builds(arch: str, options_json: str, in_channels: int, image_size: int) -> None:
+    """Build `arch` on the meta device; its TypeError or ValueError becomes the option's error."""
+    import torch
+
+    import models
+
+    options = json.loads(options_json)
+    try:
+        with torch.device("meta"):
+            models.build(arch, num_classes=10, in_channels=in_channels, image_size=image_size, **options)
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown:
+            raise OptionError(unknown.group(1), f"not an option of {arch} ({exc})") from None
+        raise OptionError(", ".join(options) or None, f"{arch} cannot be built with these options: {exc}") from None
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise OptionError(", ".join(options) or None, f"{arch} cannot be built at data.image_size={image_size} "
+                                                      f"with these options: {exc}") from None
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def reference_rows(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple[str, str, str]]:

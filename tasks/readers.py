@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.errors import DataError
+from tasks.errors import DataError, UserError
 from tasks.files import atomic_dir, read_json, write_json
 from tasks.layout import Layout
 
@@ -151,13 +151,38 @@ def build_model(arch: str, build_args: dict) -> nn.Module:
                         image_size=build_args["image_size"], **build_args.get("options", {}))
 
 
-def load_trained(layout: Layout, arch: str, device: str | torch.device = "cpu") -> nn.Module:
-    """The best-val model of `arch`, in eval mode, rebuilt from train.json and model.pt."""
+def read_weights(path: Path, remedy: str) -> dict:
+    """A state dict read with `weights_only=True`; a file that is not one (corrupt, truncated, or holding
+    pickled code, which is refused) is a one-line error naming it and the reason."""
     import torch
 
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every way a file can fail to be weights
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            reason = "it holds pickled objects, not plain tensors: refused unread"
+        else:
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise UserError(f"{path}: not a readable weights file ({reason}); {remedy}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a state dict (a {type(state).__name__}); {remedy}")
+    return state
+
+
+def load_trained(layout: Layout, arch: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The best-val model of `arch`, in eval mode, rebuilt from train.json and model.pt."""
     out = layout.train(arch)
+    if not (out / "model.pt").exists() or not (out / "train.json").exists():
+        raise UserError(f"{out}: no trained {arch} here (model.pt or train.json missing); "
+                        f"run `zooflow train --arch {arch}` first")
     summary = read_json(out / "train.json")
     model = build_model(arch, summary["model"])
-    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)  # a fitted model (kNN) takes its data-shaped buffers' saved shapes
+    state = read_weights(out / "model.pt", f"delete {out} and re-run `zooflow train --arch {arch}`")
+    try:
+        model.load_state_dict(state)  # a fitted model (kNN) takes its data-shaped buffers' saved shapes
+    except RuntimeError as exc:
+        raise UserError(f"{out / 'model.pt'}: these weights do not fit {arch} as train.json builds it "
+                        f"({str(exc).splitlines()[0][:160]}); delete {out} and re-run `zooflow train --arch {arch}`"
+                        ) from None
     return model.to(device).eval()

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,41 +40,13 @@ TAG = "zooflow."  # prefix of every tag zooflow writes
 
 
 def is_remote(params: Params) -> bool:
-    return tracking.tracking_uri(params).startswith(("http://", "https://"))
+    return tracking.is_server(params)
 
 
 def connect(params: Params):
-    """An MlflowClient for the registry; in server mode, first a bounded health check.
-
-    Raises UserError with the URI when the server does not answer, before anything is written.
-    """
-    uri = tracking.tracking_uri(params)
-    if is_remote(params):
-        # MLflow's own client reads these per request: retries with backoff on 429/5xx and
-        # connection errors (the transient ones), and a timeout instead of a hang.
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.mlflow.http_retries)
-        os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.mlflow.http_timeout)
-        health = uri.rstrip("/") + "/health"
-        last: Exception | None = None
-        for attempt in range(params.mlflow.http_retries + 1):
-            try:
-                with urllib.request.urlopen(health, timeout=min(10, params.mlflow.http_timeout)) as reply:
-                    if reply.status == 200:
-                        last = None
-                        break
-            except (urllib.error.URLError, OSError) as exc:
-                last = exc
-                if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
-                    break
-            if attempt < params.mlflow.http_retries:
-                import time
-
-                time.sleep(min(2**attempt, 8))
-        if last is not None:
-            reason = getattr(last, "reason", last)
-            raise UserError(f"MLflow server at {uri} is not reachable ({reason}); start it "
-                            f"(`mlflow server --host 127.0.0.1 --port PORT`) or unset MLFLOW_TRACKING_URI")
+    """An MlflowClient for the registry; in server mode, first a bounded health check (a UserError naming
+    the URI when the server does not answer, before anything is written)."""
+    tracking.check_server(params)
     return tracking.client(params)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks.errors import UserError
 from tasks.files import read_json, write_json
 from tasks.layout import Layout
 from tasks.params import Params
@@ -25,6 +26,41 @@ DEFAULT_ARTIFACTS = "./mlartifacts"
 
 def tracking_uri(params: Params) -> str:
     return params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def is_server(params: Params) -> bool:
+    return tracking_uri(params).startswith(("http://", "https://"))
+
+
+def check_server(params: Params) -> None:
+    """In server mode: that the tracking server answers `/health`, asked a few times within seconds.
+
+    Raises UserError naming the URI. Sets MLflow's own HTTP retries and timeout from `params.mlflow` for
+    the requests that follow (a server that goes away mid-run is retried, with backoff)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    if not is_server(params):
+        return
+    uri = tracking_uri(params)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.mlflow.http_retries)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.mlflow.http_timeout)
+    last: Exception | None = None
+    for attempt in range(min(params.mlflow.http_retries, 2) + 1):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=min(10, params.mlflow.http_timeout)) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+            if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
+                break
+        time.sleep(min(2**attempt, 4))
+    reason = getattr(last, "reason", last)
+    raise UserError(f"MLflow server at {uri} is not reachable ({reason}); start it "
+                    f"(`mlflow server --host 127.0.0.1 --port PORT`) or unset MLFLOW_TRACKING_URI")
 
 
 def client(params: Params) -> MlflowClient:

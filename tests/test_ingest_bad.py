@@ -130,22 +130,25 @@ def test_junk_in_archive_is_ignored(tmp_path):
     assert summary["bad_files"] == 0 and summary["ignored_files"] == 3 and sum(summary["counts"].values()) == 15
 
 
-def test_empty_class_folder(tmp_path):
+def test_empty_class_folder(tmp_path, capsys):
     write_tree(tmp_path / "src", GOOD)
     (tmp_path / "src" / "fox").mkdir()
     write_tree(tmp_path / "src", {"gnu/bad.png": b""})  # a class whose only file is bad is empty too
     _, layout = setup_project(tmp_path)
-    summary = ingest(params("data.source=folder", f"data.path={tmp_path / 'src'}"), layout)
+    before = snapshot(tmp_path)
+    # By default a class without images stops the run: ten classes asked for are ten classes trained.
+    with pytest.raises(DataError, match=r"classes 'fox', 'gnu' have no usable images .* data.on_empty_class=drop"):
+        ingest(params("data.source=folder", f"data.path={tmp_path / 'src'}"), Layout(tmp_path / "other"))
+    assert not (tmp_path / "other" / "data" / "prepared").exists()
+    assert snapshot(tmp_path) - before <= {"other", "other/data"}
+    # Opting in drops them, says so, and the manifest keeps listing them.
+    summary = ingest(params("data.source=folder", f"data.path={tmp_path / 'src'}", "data.on_empty_class=drop"), layout)
     assert load_prepared(layout.prepared).classes == ["cat", "dog", "emu"]
     assert "fox/: empty class: no usable images" in summary["quarantined"]
     assert "gnu/: empty class: no usable images" in summary["quarantined"]
-    (tmp_path / "src" / "gnu" / "bad.png").unlink()
-    before = snapshot(tmp_path)
-    with pytest.raises(DataError, match=r"^fox/: empty class: no usable images"):
-        ingest(params("data.source=folder", f"data.path={tmp_path / 'src'}", "data.on_bad_file=fail"),
-               Layout(tmp_path / "other"))
-    assert not (tmp_path / "other" / "data" / "prepared").exists()
-    assert snapshot(tmp_path) - before <= {"other", "other/data"}
+    assert "training without classes 'fox', 'gnu'" in capsys.readouterr().err
+    manifest = (layout.prepared / "manifest.csv").read_text()
+    assert "fox/,bad,empty class: no usable images" in manifest
 
 
 def test_symlink_outside_root(tmp_path):

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("flows.cli") is None, r
 
 
 def zooflow(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in `cwd`, with an empty params file `none.yaml` there (every default)."""
+    (cwd / "none.yaml").write_text("{}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -34,7 +36,8 @@ def test_bad_file_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert "dog/broken.png" in done.stderr and "truncated" in done.stderr
     assert not (project / "data" / "prepared").exists()
-    assert sorted(p.name for p in project.rglob("*")) in ([".zooflow.lock"], [".zooflow.lock", "data"])
+    assert sorted(p.name for p in project.rglob("*")) in ([".zooflow.lock", "none.yaml"],
+                                                          [".zooflow.lock", "data", "none.yaml"])
 
 
 def test_leakage_exits_2_and_keeps_the_report(tmp_path):
