@@ -474,8 +474,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     channels = params.data.channels or 3
     for arch in sorted({*params.train.architectures, *params.train.model_options, *params.train.overrides}):
         options = params.train.for_arch(arch).model_options.get(arch, {})
-        try:
-            check_model_options(arch, options, channels, params.data.image_size)
+        try:  # built only if this run trains it: a recipe kept for later need not fit today's image size
+            check_model_options(arch, options, channels, params.data.image_size,
+                                build=arch in params.train.architectures)
         except OptionError as exc:
             where = f"train.model_options.{arch}.{exc.option}" if exc.option else f"train.architectures: {arch}"
             raise ParamsError(f"{path}: {where}: {exc}") from None
@@ -493,7 +494,8 @@ class OptionError(ValueError):
         self.option = option
 
 
-def check_model_options(arch: str, options: dict[str, Any], in_channels: int, image_size: int) -> None:
+def check_model_options(arch: str, options: dict[str, Any], in_channels: int, image_size: int,
+                        build: bool = True) -> None:
     """The options name keywords the builder takes, with values of their annotated types, and the model
     builds with them at this input size (on the meta device: no memory, no arithmetic).
 
@@ -519,7 +521,9 @@ def check_model_options(arch: str, options: dict[str, Any], in_channels: int, im
             raise OptionError(name, f"not an option of {arch}; it takes: {', '.join(takes) or 'none'}")
         if name in hints:
             _check_type(name, value, hints[name])
-    _builds(arch, json.dumps(options, sort_keys=True, default=str), in_channels, image_size)
+    if build or forwards:  # a builder that forwards **options: only a build checks their names
+        _builds(arch, json.dumps(options, sort_keys=True, default=str), in_channels,
+                image_size if build else _design_size(arch))
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:
@@ -531,6 +535,12 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
         raise OptionError(name, f"{value!r} is not a {_hint_name(hint)}") from None
     except Exception:  # noqa: BLE001 - a hint pydantic cannot check: the build below will
         pass
+
+
+def _design_size(arch: str) -> int:
+    import models
+
+    return 224 if models.available()[arch].scale == "imagenet" else 32
 
 
 @functools.lru_cache(maxsize=512)

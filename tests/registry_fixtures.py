@@ -32,6 +32,15 @@ class State:
     prep: dict
     classes: list[str]
 
+    def copy(self, root: Path) -> "State":
+        """The same trained state in a folder of its own (its own MLflow store): for a test that re-runs
+        a stage with other params, so the shared outputs stay this session's."""
+        import shutil
+
+        shutil.copytree(self.root, root)
+        params = make_params(root, "evaluate.tta=flip", f"register.model_name={self.params.register.model_name}")
+        return State(root, params, Layout(root), self.modules, self.prep, self.classes)
+
     def with_params(self, *overrides: str) -> Params:
         """These params (same MLflow store, same model name) with `overrides`."""
         return make_params(self.root, "evaluate.tta=flip", f"register.model_name={self.params.register.model_name}",

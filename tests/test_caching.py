@@ -40,7 +40,7 @@ def test_execution_only_keys_keep_the_cache(project):
 
 def test_image_size_change_invalidates_ingest(project):
     before = keys([], [("ingest", None)])
-    after = keys(["data.image_size=28"], [("ingest", None)])
+    after = keys(["data.image_size=28", "train.architectures=[knn, resnet20]"], [("ingest", None)])  # lenet5: 32 px
     assert before != after
 
 

@@ -110,7 +110,7 @@ def test_evaluate_logs_to_the_arch_run(tmp_path_factory):
     from tasks import tracking
     from tasks.evaluate import evaluate_tracked
 
-    state = shared_state(tmp_path_factory, "digits-evaluate")
+    state = shared_state(tmp_path_factory, "digits-evaluate").copy(tmp_path_factory.mktemp("eval-copy") / "p")
     params = state.with_params("evaluate.measure_speed=false")
     with chdir(state.root):
         run_id = tracking.start_run(params, "linear-eval-test")

@@ -50,7 +50,7 @@ CASES = {
 
 
 def params(*overrides: str):
-    return load_params(Path("/nonexistent/params.yaml"), ["data.image_size=8", *overrides])
+    return load_params(Path("/nonexistent/params.yaml"), ["data.image_size=8", *overrides], check_zoo=False)
 
 
 def setup_project(tmp_path: Path) -> tuple[Path, Layout]:

@@ -28,7 +28,7 @@ SHARED = next((p for p in [*([Path(os.environ["ZOOFLOW_DATASETS"])] if os.enviro
 
 
 def run(root: Path, *overrides: str) -> tuple[dict, object]:
-    params = load_params(root / "no-params.yaml", ["data.image_size=8", *overrides])
+    params = load_params(root / "no-params.yaml", ["data.image_size=8", *overrides], check_zoo=False)
     summary = ingest(params, Layout(root))
     return summary, load_prepared(root / "data" / "prepared")
 

@@ -16,7 +16,8 @@ from tasks.validate import validate
 
 
 def params_for(tmp_path: Path, *overrides: str):
-    return load_params(tmp_path / "missing-params.yaml", ["data.limit_per_class=50", "validate.min_per_class=3", *overrides])
+    return load_params(tmp_path / "missing-params.yaml", ["data.limit_per_class=50", "validate.min_per_class=3", *overrides],
+                       check_zoo=False)  # ingest and validate read `data` and `validate` only
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_leak_between_source_splits_is_caught_end_to_end(tmp_path):
     write_tree(tmp_path / "src", files)
     layout = Layout(tmp_path / "project")
     p = load_params(tmp_path / "none.yaml", ["data.source=folder", f"data.path={tmp_path / 'src'}",
-                                            "data.image_size=8", "validate.min_per_class=1"])
+                                            "data.image_size=8", "validate.min_per_class=1"], check_zoo=False)
     ingest(p, layout)
     with pytest.raises(DataError) as err:
         validate(p, layout)
