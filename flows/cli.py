@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,12 +47,11 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
     from tasks.leaderboard import format_leaderboard
     from tasks.lock import project_lock
 
-    started = time.time()
     # The folder is held before Prefect starts: a second run is refused at once, not after the API is up.
     with project_lock(_layout(), "zooflow run", params.orchestration.lock_wait_seconds):
         state = zoo_pipeline(params_file=str(params_file), overrides=overrides or [], return_state=True)
     if not state.is_completed():
-        _failed_run(state, started)
+        _failed_run(state)
     summary = state.result()
     typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
     registered, promoted = summary["registered"], summary["promoted"]
@@ -67,16 +65,20 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
     )
 
 
-def _failed_run(state, started: float) -> None:
-    """A failed flow run: the user's error as such (exit 2, 75), else this run's leaderboard and one line (exit 1)."""
+def _failed_run(state) -> None:
+    """A failed flow run: the user's error as such (exit 2, 75); failed architectures: the leaderboard and
+    one line (exit 1); anything else is a bug, raised with its traceback."""
+    from tasks.errors import ArchitecturesFailed
+    from tasks.leaderboard import format_leaderboard
+
     exc = state.result(raise_on_failure=False)
-    if isinstance(exc, UserError):
+    if isinstance(exc, ArchitecturesFailed):
+        typer.echo("\n" + format_leaderboard(exc.summary["leaderboard"]))
+        typer.echo(f"error: the run failed: {exc}", err=True)
+        raise typer.Exit(exc.exit_code)
+    if isinstance(exc, BaseException):
         raise exc
-    board = _layout().leaderboard / "leaderboard.md"
-    if board.exists() and board.stat().st_mtime >= started:
-        typer.echo("\n" + board.read_text())
-    typer.echo(f"error: the run failed: {state.message}", err=True)
-    raise typer.Exit(1)
+    raise RuntimeError(f"the zoo-pipeline flow run ended {state.name}: {state.message}")
 
 
 def _stage(stage: str, fn, params, *args, arch: str | None = None):

@@ -15,6 +15,7 @@ from tasks.augment import augment
 from tasks.ensemble import ensemble
 from tasks.evaluate import evaluate_tracked
 from tasks.ingest import ingest
+from tasks.errors import ArchitecturesFailed, UserError
 from tasks.layout import Layout
 from tasks.lock import project_lock
 from tasks.leaderboard import leaderboard
@@ -69,17 +70,19 @@ def zoo_pipeline(
 
     `params_file` is read from the working directory; `workdir` is the folder the run writes into
     (data/, outputs/, reports/), one run at a time."""
-    params = load_params(Path(params_file), overrides)
-    layout = Layout(Path(workdir))
-    with project_lock(layout, "the zoo-pipeline flow", params.orchestration.lock_wait_seconds):
-        tracking.check_server(params)  # a server that is down: one line now, not minutes of retries per stage
-        parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
-        try:
-            with tracking.ending(params, parent):
-                summary = _stages(params, layout, parent)
-        finally:
-            mlflow_runs_artifact(params, layout, parent)
-    return summary
+    try:
+        params = load_params(Path(params_file), overrides)
+        layout = Layout(Path(workdir))
+        with project_lock(layout, "the zoo-pipeline flow", params.orchestration.lock_wait_seconds):
+            tracking.check_server(params)  # a server that is down: one line now, not minutes of retries per stage
+            parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
+            try:
+                with tracking.ending(params, parent):
+                    return _stages(params, layout, parent)
+            finally:
+                mlflow_runs_artifact(params, layout, parent)
+    except (UserError, ArchitecturesFailed) as exc:  # the run's state says why, without a traceback in the log
+        return Failed(message=orchestration.first_line(exc), data=exc)
 
 
 def _stages(params: Params, layout: Layout, parent: str) -> dict:
@@ -100,7 +103,7 @@ def _stages(params: Params, layout: Layout, parent: str) -> dict:
     orchestration.leaderboard_artifact(rows)
     summary = {"leaderboard": rows, "registered": None, "promoted": None, "failed": failed}
     if failed and params.orchestration.fail_fast:
-        raise RuntimeError(f"{zoo.message}; nothing registered (orchestration.fail_fast: true)")
+        raise ArchitecturesFailed(f"{zoo.message}; nothing registered (orchestration.fail_fast: true)", summary)
     summary["registered"] = call(register_task, params, layout, parent)
     summary["promoted"] = call(promote_task, params, layout)
     if failed:

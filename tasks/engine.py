@@ -466,12 +466,7 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
                 for row in state.history:
                     log(epoch_metrics(row), row["epoch"])
 
-    forward = distributed.wrap(model, device)  # DDP under torchrun; the model itself otherwise
-    if tp.compile:
-        try:
-            forward = torch.compile(forward)
-        except Exception as exc:  # noqa: BLE001 - no compiler here: eager is still correct
-            print(f"[train {name}] torch.compile unavailable ({exc}); running eager", file=sys.stderr)
+    forward = compiled(distributed.wrap(model, device), tp, name)  # DDP under torchrun; the model otherwise
 
     progress = Progress(tp.progress if main else "off", name, tp.epochs)
     for epoch in range(state.epoch, tp.epochs):
@@ -497,6 +492,17 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
             log(epoch_metrics(row), epoch)
     return {"history": state.history, "best": state.best, "epochs_run": len(state.history),
             "stopped_early": state.stopped, "resumed_from_epoch": resumed_from, "ema": state.ema is not None}
+
+
+def compiled(forward: nn.Module, tp: TrainParams, name: str) -> nn.Module:
+    """`torch.compile(forward)` when asked for; eager (still correct) where no compiler is available."""
+    if not tp.compile:
+        return forward
+    try:
+        return torch.compile(forward)
+    except Exception as exc:  # noqa: BLE001 - no compiler here
+        print(f"[train {name}] torch.compile unavailable ({exc}); running eager", file=sys.stderr)
+        return forward
 
 
 def _end_epoch(state: TrainState, row: dict, tp: TrainParams, out: Path) -> None:

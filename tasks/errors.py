@@ -27,6 +27,17 @@ class DiskFull(UserError):
     """A write failed for lack of space."""
 
 
+class ArchitecturesFailed(Exception):
+    """Architectures failed under `orchestration.fail_fast: true`: the run registers nothing. Not the
+    user's input at fault (exit code 1); `summary` holds the leaderboard with the failures."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import caching
@@ -33,7 +33,26 @@ def stage_task(fn: Callable, name: str) -> Task:
     is ever read, so nothing is unpickled."""
     if name in caching.STAGES:
         fn = _reusing(fn, name)
-    return task(name=name, cache_policy=NO_CACHE, persist_result=False)(fn)
+    return task(name=name, cache_policy=NO_CACHE, persist_result=False)(_quiet_user_errors(fn))
+
+
+def _quiet_user_errors(fn: Callable) -> Callable:
+    """A user error (bad data, bad params, a diverged model) fails the task with its one-line message as a
+    state, not as a raised exception that Prefect would log with a traceback; callers still get the error
+    from the state (`state.result()` raises it)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            return Failed(message=first_line(exc), data=exc)
+
+    return run
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reusing(fn: Callable, stage: str) -> Callable:

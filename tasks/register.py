@@ -315,6 +315,23 @@ def registered_twin(client, name: str, sha: str):
     return max(twins, key=lambda v: int(v.version)) if twins else None
 
 
+def reuse_twin(params: Params, layout: Layout, client, twin, cand: dict) -> dict:
+    """Point `challenger` at the registered version that already holds this very model; say so."""
+    name = params.register.model_name
+    with server_errors(params, "moving @challenger"):
+        client.set_registered_model_alias(name, "challenger", twin.version)
+    tags = twin.tags or {}
+    summary = {"name": name, "version": str(twin.version), "alias": "challenger", "new": False,
+               "why": f"identical to version {twin.version} (same weights and data): nothing new registered",
+               "candidate": cand["name"], "kind": cand["kind"], "members": cand["members"],
+               "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
+               "served_val_accuracy": float(tags.get(f"{TAG}served_val_accuracy", "nan")),
+               "run_id": twin.run_id, "model_uri": f"models:/{name}/{twin.version}",
+               "eval_status": tags.get(f"{TAG}eval_status", "unknown")}
+    write_json(layout.register / "registered.json", summary)
+    return summary
+
+
 def register_candidate(params: Params, layout: Layout, cand: dict, members: dict, classes: list[str],
                        prep: dict, lineage: dict, train_info: dict, val_images: np.ndarray, val_labels: np.ndarray,
                        parent_run_id: str | None = None) -> dict:
@@ -328,18 +345,7 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
     with server_errors(params, "looking for an identical registered version"):
         twin = registered_twin(client, name, sha)
     if twin is not None:
-        with server_errors(params, "moving @challenger"):
-            client.set_registered_model_alias(name, "challenger", twin.version)
-        tags = twin.tags or {}
-        summary = {"name": name, "version": str(twin.version), "alias": "challenger", "new": False,
-                   "why": f"identical to version {twin.version} (same weights and data): nothing new registered",
-                   "candidate": cand["name"], "kind": cand["kind"], "members": cand["members"],
-                   "val_accuracy": cand["val"]["accuracy"], "test_accuracy": cand["test"]["accuracy"],
-                   "served_val_accuracy": float(tags.get(f"{TAG}served_val_accuracy", "nan")),
-                   "run_id": twin.run_id, "model_uri": f"models:/{name}/{twin.version}",
-                   "eval_status": tags.get(f"{TAG}eval_status", "unknown")}
-        write_json(layout.register / "registered.json", summary)
-        return summary
+        return reuse_twin(params, layout, client, twin, cand)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
         write_bundle(bundle, members, cand["vote"], classes, prep)

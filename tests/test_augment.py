@@ -119,13 +119,17 @@ def test_normalize_matches_stats_and_uint8_path():
     assert torch.allclose(same, out, atol=1e-5)
 
 
-def test_mixup_keeps_the_mix_of_images_and_targets():
-    x = batch().float()
-    t = torch.nn.functional.one_hot(torch.arange(N) % 10, 10).float()
+def test_mixup_blends_each_image_and_its_targets_by_the_same_weight():
+    ids = torch.arange(N, dtype=torch.float32)
+    x = ids.view(N, 1, 1, 1).expand(N, C, H, W).clone()  # image i is the constant i
+    t = torch.nn.functional.one_hot(torch.arange(N), N).float()
     mx, mt = aug.mixup(x, t, gen(), 0.4)
     assert torch.allclose(mt.sum(1), torch.ones(N))
-    # an image's weight on its own label equals its weight in the pixel blend (pixel means are linear)
-    assert mx.shape == x.shape and (mt.max(1).values >= 0.5).all()
+    # each blended image is the weighted sum of its labels' images: the same weights for pixels and targets
+    assert torch.allclose(mx.mean((1, 2, 3)), mt @ ids, atol=1e-4)
+    assert (mx.flatten(1).std(1) < 1e-4).all()  # whole images blended, not patches
+    weights = mt.max(1).values
+    assert (weights < 0.999).sum() >= N // 2 and weights.std() > 0.01  # it mixed, with a weight per image
 
 
 def test_cutmix_targets_follow_the_pasted_area():

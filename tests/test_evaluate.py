@@ -86,7 +86,16 @@ def test_evaluate_on_digits(tmp_path_factory):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] > 0.85 and metrics["test"]["accuracy"] > 0.85
     assert metrics["val"]["top5"] >= metrics["val"]["accuracy"]
-    assert 0 <= metrics["val"]["ece"] < 1 and metrics["val"]["nll"] > 0
+    # NLL and ECE (15 equal-width confidence bins, Guo et al. 2017) recomputed by hand from the saved logits
+    logits = np.load(out / "logits/val_logits.npy").astype(np.float64)
+    labels = np.load(out / "logits/val_labels.npy")
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert metrics["val"]["nll"] == pytest.approx(-np.log(probs[np.arange(len(labels)), labels]).mean(), rel=1e-6)
+    conf, right = probs.max(1), probs.argmax(1) == labels
+    bins = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+    ece = sum((bins == b).mean() * abs(right[bins == b].mean() - conf[bins == b].mean()) for b in range(15) if (bins == b).any())
+    assert metrics["val"]["ece"] == pytest.approx(ece, rel=1e-6) and ece > 0
     assert "val_tta" in metrics and metrics["val_tta"]["accuracy"] > 0.5
     assert metrics["params"] == 16 * 16 * 10 + 10 and metrics["flops"] == 2 * 256 * 10
     speed = json.loads((out / "speed.json").read_text())

@@ -81,8 +81,21 @@ def test_digits_resize_and_channels(tmp_path):
 def test_reingest_replaces_atomically(digits, tmp_path):
     layout = Layout(tmp_path)
     ingest(params_for(tmp_path, "data.limit_per_class=10"), layout)
+    first = load_prepared(layout.prepared).meta
+
+    def per_class(meta):  # images per class over all splits: data.limit_per_class of each
+        return set(np.sum([s["per_class"] for s in meta["splits"].values()], axis=0).tolist())
+
+    assert per_class(first) == {10}
     ingest(params_for(tmp_path, "data.limit_per_class=12"), layout)
-    assert load_prepared(layout.prepared).meta["splits"]["train"]["count"] < 120
+    second = load_prepared(layout.prepared).meta
+    assert per_class(second) == {12}  # the new data, not the old left in place
+    assert second["data_sha256"] != first["data_sha256"]
+    assert sorted(p.name for p in tmp_path.joinpath("data").iterdir()) == ["prepared"]  # no temporary folder left
+    # a re-ingest that fails half-way leaves the previous prepared data whole
+    with pytest.raises(DataError):
+        ingest(params_for(tmp_path, "data.source=folder", f"data.path={tmp_path / 'no-such-folder'}"), layout)
+    assert load_prepared(layout.prepared).meta == second
     assert sorted(p.name for p in tmp_path.joinpath("data").iterdir()) == ["prepared"]
 
 

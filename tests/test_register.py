@@ -49,7 +49,7 @@ def test_register_writes_a_version_with_card_tags_and_alias(state):
     assert summary["candidate"] == best_candidate(candidates(state.params, state.layout))["name"]
     assert "zooflow.source_runs" in mv.tags and mv.tags["zooflow.git_commit"]
     assert json.loads((state.layout.register / "registered.json").read_text())["version"] == summary["version"]
-    assert len(mv.tags["zooflow.data_sha256"]) == 64
+    assert mv.tags["zooflow.data_sha256"] == load_prepared(state.layout.prepared).data_sha256
 
 
 def test_registered_ensemble_loads_at_staging_in_a_fresh_process_and_takes_other_sizes(state):

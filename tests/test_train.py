@@ -17,7 +17,8 @@ from tasks import train as tr
 from tasks.errors import UserError
 from tasks.layout import Layout
 from tasks.params import Params
-from tasks.readers import load_stats, load_trained, write_prepared
+from tasks.files import read_json
+from tasks.readers import build_model, load_stats, load_trained, write_prepared
 
 # --------------------------------------------------------------------------- tiny stand-ins
 
@@ -187,8 +188,15 @@ def test_aux_losses(tmp_path, data):
     out = (torch.zeros(2, 3), torch.zeros(2, 3))
     loss, main = engine.model_loss(TinyAux(3, 3, 8), out, torch.tensor([0, 1]), 0.0)
     assert loss.item() == pytest.approx(1.3 * np.log(3), rel=1e-5) and main is out[0]
-    summary = tr.train(make_params("test_aux", epochs=2), data.layout(tmp_path), "test_aux")
-    assert summary["best_val_acc"] > 0
+    # in training the auxiliary head learns from its own loss: its weights leave their initial values
+    layout = data.layout(tmp_path)
+    tr.train(make_params("test_aux", epochs=2), layout, "test_aux")
+    engine.seed_everything(0)
+    start = build_model("test_aux", read_json(layout.train("test_aux") / "train.json")["model"]).state_dict()
+    end = torch.load(layout.train("test_aux") / "checkpoint.pt", weights_only=True)["model"]
+    assert not torch.equal(start["aux.weight"], end["aux.weight"])
+    model = load_trained(layout, "test_aux")
+    assert model(torch.zeros(2, 3, 12, 12)).shape == (2, 4)  # eval mode: the main logits alone
 
 
 def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
@@ -202,7 +210,9 @@ def test_rerun_resumes_and_changed_params_restart(tmp_path, data):
 
 def test_pick_device():
     assert engine.pick_device("cpu").type == "cpu"
-    assert engine.pick_device("auto").type in ("cpu", "cuda", "mps")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert engine.pick_device("auto").type == expected
 
 
 def test_memory_mapped_placement_and_log_lines(tmp_path, data, capsys):
@@ -238,7 +248,12 @@ def test_real_zoo_architectures_train_and_reload(tmp_path, arch):
     summary = tr.train(params, layout, arch)
     assert summary["best_epoch"] == 0
     model = load_trained(layout, arch)
-    x = aug.normalize(aug.to_nchw(d.split("val")[0]), [0.3] * d.channels, [0.3] * d.channels)
+    saved = torch.load(layout.train(arch) / "model.pt", weights_only=True)
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # the weights, reloaded exactly
+    stats = load_stats(layout)
+    x = aug.normalize(aug.to_nchw(d.split("val")[0]), stats.mean, stats.std)
     with torch.inference_mode():
         out = model(x)
     assert out.shape == (8, 4)
+    assert float((out.argmax(1).numpy() == d.split("val")[1]).mean()) == pytest.approx(summary["best_val_acc"])

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 from torch import nn
 
 import models
+from tasks import augment as aug
 from tasks import engine, optim
 from tasks import train as tr
 from tasks.files import read_json
+from tasks.readers import build_model, load_stats
 from tasks.params import OptimizerParams, ScheduleParams
 from tests.test_train import data, make_params, register_test_models  # noqa: F401  (the `data` fixture)
 
@@ -114,17 +115,82 @@ def test_schedule_state_round_trips():
     assert t.factor(3) == s.factor(3) == pytest.approx(0.1)
 
 
+# the state each optimiser keeps per parameter: proof that it, and no other, took the steps
+OPTIMIZER_STATE = {"sgd": "momentum_buffer", "adagrad": "sum", "adadelta": "acc_delta", "rmsprop": "square_avg",
+                   "adam": "exp_avg_sq", "adamw": "exp_avg_sq"}
+
+
+def expected_lrs(params, history, steps: int) -> list[float]:
+    """The lr the schedule sets at the last step of each epoch, replayed from params (and val acc for plateau)."""
+    tp = params.train
+    schedule = optim.Schedule(tp.schedule, tp.epochs, steps)
+    out = []
+    for row in history:
+        out.append(tp.optimizer.lr * schedule.factor((row["epoch"] + 1) * steps - 1))
+        schedule.observe(row["val_acc"])
+    return out
+
+
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
 def test_every_optimizer_trains_from_params(tmp_path, data, name):  # noqa: F811
     lr = {"adadelta": 1.0, "sgd": 0.05}.get(name, 0.01)
-    summary = tr.train(make_params(epochs=1, optimizer={"name": name, "lr": lr}), data.layout(tmp_path), "test_tiny")
-    assert summary["epochs_run"] == 1 and math.isfinite(summary["best_val_loss"])
+    params = make_params(epochs=2, optimizer={"name": name, "lr": lr, "weight_decay": 1e-4})
+    layout = data.layout(tmp_path)
+    summary = tr.train(params, layout, "test_tiny")
+    ckpt = torch.load(layout.train("test_tiny") / "checkpoint.pt", weights_only=True)
+    states = ckpt["optimizer"]["state"].values()
+    assert states and all(OPTIMIZER_STATE[name] in st for st in states)
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+    history = read_json(layout.train("test_tiny") / "history.json")
+    assert [h["lr"] for h in history] == pytest.approx(expected_lrs(params, history, steps=6))
+    assert summary["epochs_run"] == 2 and history[1]["train_loss"] < history[0]["train_loss"]
 
 
 @pytest.mark.parametrize("name", ["constant", "cosine", "step", "exponential", "plateau", "onecycle"])
-def test_every_schedule_trains_from_params(tmp_path, data, name):  # noqa: F811
-    summary = tr.train(make_params(epochs=2, schedule={"name": name, "warmup_epochs": 0.5}), data.layout(tmp_path), "test_tiny")
-    assert summary["epochs_run"] == 2
+def test_every_schedule_sets_the_lr_it_says(tmp_path, data, name):  # noqa: F811
+    params = make_params(epochs=4, schedule={"name": name, "warmup_epochs": 0.5, "exp_every": 1,
+                                             "plateau_patience": 0, "milestones": [1, 3]})
+    layout = data.layout(tmp_path)
+    tr.train(params, layout, "test_tiny")
+    history = read_json(layout.train("test_tiny") / "history.json")
+    lrs = [h["lr"] for h in history]
+    assert lrs == pytest.approx(expected_lrs(params, history, steps=6))
+    assert len(set(lrs)) > 1 or name == "constant"  # the schedule moved the lr
+
+
+def test_grad_clip_bounds_every_update(tmp_path, data):  # noqa: F811
+    """Clipped to a tiny norm, plain SGD moves the weights by at most lr x clip per step."""
+    def moved(clip: float) -> float:
+        params = make_params(epochs=1, grad_clip=clip, optimizer={"lr": 0.05, "momentum": 0, "weight_decay": 0})
+        layout = data.layout(tmp_path / str(clip))
+        tr.train(params, layout, "test_tiny")
+        engine.seed_everything(params.seed)
+        start = build_model("test_tiny", read_json(layout.train("test_tiny") / "train.json")["model"]).state_dict()
+        end = torch.load(layout.train("test_tiny") / "checkpoint.pt", weights_only=True)["model"]
+        return sum(float((end[k] - start[k]).float().norm() ** 2) for k in start
+                   if start[k].is_floating_point() and "running" not in k) ** 0.5
+
+    assert moved(1e-6) <= 6 * 0.05 * 1e-6 * 1.01  # six steps of at most lr x clip each
+    assert moved(0.0) > 1e-3
+
+
+def test_label_smoothing_and_mixing_reach_the_loss(tmp_path, data):  # noqa: F811
+    """Each setting changes what the loop optimises: the same seed gives another training loss."""
+    def first_loss(**changes) -> float:
+        params = make_params(epochs=1, **changes.pop("train", {}))
+        if changes:
+            params = params.model_copy(update={"augment": params.augment.model_copy(update=changes)})
+        layout = data.layout(tmp_path / str(len(list(tmp_path.iterdir()))))
+        tr.train(params, layout, "test_tiny")
+        return read_json(layout.train("test_tiny") / "history.json")[0]["train_loss"]
+
+    plain = first_loss()
+    assert first_loss() == plain  # same seed, same loss
+    smoothed = first_loss(train={"label_smoothing": 0.3})
+    assert smoothed != plain and smoothed > 0.3 * 0.5  # smoothing keeps the loss off zero
+    assert first_loss(mixup_alpha=0.4) != plain
+    assert first_loss(cutmix_alpha=1.0) != plain
+    assert first_loss(cutout=4) != plain
 
 
 def test_early_stopping_stops(tmp_path, data):  # noqa: F811
@@ -135,25 +201,26 @@ def test_early_stopping_stops(tmp_path, data):  # noqa: F811
     assert again["epochs_run"] == 3
 
 
-def test_ema_weights_differ_and_evaluate(tmp_path, data):  # noqa: F811
+def test_ema_weights_are_selected_and_evaluated(tmp_path, data):  # noqa: F811
     layout = data.layout(tmp_path)
-    summary = tr.train(make_params(epochs=3, ema_decay=0.9, optimizer={"lr": 0.1}), layout, "test_tiny")
-    ckpt = torch.load(layout.train("test_tiny") / "checkpoint.pt", weights_only=True)
+    summary = tr.train(make_params(epochs=1, ema_decay=0.9, optimizer={"lr": 0.1}), layout, "test_tiny")
+    out = layout.train("test_tiny")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     raw, ema = ckpt["model"], ckpt["ema"]["module"]
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
-    assert summary["ema"] and summary["best_val_acc"] > 0.5
-    history = read_json(layout.train("test_tiny") / "history.json")
-    assert "val_acc_raw" in history[0]
-    best = torch.load(layout.train("test_tiny") / "model.pt", weights_only=True)
-    if summary["best_epoch"] == 2:
-        assert all(torch.equal(best[k], ema[k]) for k in best)
-
-
-def test_grad_clip_label_smoothing_and_mixing_train(tmp_path, data):  # noqa: F811
-    params = make_params(epochs=2, grad_clip=1.0, label_smoothing=0.1, optimizer={"exclude_bn_bias_decay": True})
-    params = params.model_copy(update={"augment": params.augment.model_copy(update={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "cutout": 4})})
-    summary = tr.train(params, data.layout(tmp_path), "test_tiny")
-    assert summary["epochs_run"] == 2
+    # one epoch: the best epoch is the last, and model.pt holds the EMA's weights, not the raw ones
+    best = torch.load(out / "model.pt", weights_only=True)
+    assert summary["ema"] and summary["best_epoch"] == 0 and all(torch.equal(best[k], ema[k]) for k in best)
+    # val_acc is the EMA's accuracy, val_acc_raw the raw model's, each recomputed here
+    history = read_json(out / "history.json")
+    model = build_model("test_tiny", read_json(out / "train.json")["model"]).eval()
+    stats = load_stats(layout)
+    x = aug.normalize(aug.to_nchw(data.split("val")[0]), stats.mean, stats.std)
+    y = torch.as_tensor(data.split("val")[1])
+    for weights, key in ((ema, "val_acc"), (raw, "val_acc_raw")):
+        model.load_state_dict(weights)
+        with torch.inference_mode():
+            assert float((model(x).argmax(1) == y).float().mean()) == pytest.approx(history[0][key])
 
 
 def test_soft_target_loss_matches_hard_with_smoothing():

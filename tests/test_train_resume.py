@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def _run(script: Path, out: Path, mode: str) -> str:
     return done.stdout
 
 
+@pytest.mark.timeout(600)  # a stalled child (no line to read) must fail the test, not hang the suite
 def test_killed_training_resumes_bit_identical(tmp_path):
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
