@@ -24,6 +24,26 @@ atexit.register(shutil.rmtree, _RESULTS, True)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(autouse=True)
+def mlflow_globals_restored():
+    """`mlflow.set_tracking_uri` / `set_registry_uri` (tasks.tracking.client calls both) also write
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ: without this, a test that ran a stage
+    in-process points every later test, and the servers and workers they start, at its own store."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as registry_utils
+        import mlflow.tracking._tracking_service.utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A fresh project folder (the working directory) with the repo's params.yaml and dvc.yaml."""
