@@ -322,8 +322,13 @@ def run_cli() -> int:
 
     debug = os.environ.get("ZOOFLOW_DEBUG", "") not in ("", "0")
     try:
-        app(standalone_mode=False)
-        return 0
+        # Outside standalone mode typer returns a typer.Exit's code (Ctrl-C becomes Exit(130)) instead of
+        # raising it: that code is this command's exit status.
+        code = app(standalone_mode=False)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+        if code == 130:
+            typer.echo("interrupted: what finished is kept (a training run resumes from its checkpoint)", err=True)
+        return code
     except typer.Exit as exc:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):

@@ -448,6 +448,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ParamsError(_yaml_error(path, exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not text
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ParamsError(f"{path}: cannot be read as a params file ({reason}); pass a YAML file") from None
         if not isinstance(raw, dict):
             raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     raw = apply_overrides(raw, overrides or [])

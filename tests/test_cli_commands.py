@@ -74,6 +74,17 @@ def test_run_on_bad_data_stops_with_exit_2_through_the_flow(project, prefect_har
     result = json.loads((project / "reports" / "validation" / "result.json").read_text())
     assert result["blocking_failed"] == ["no_test_leakage"]
 
+    # The data fixed, an architecture that diverges under fail_fast: the run fails with exit 1, after the
+    # leaderboard that says which one and why (a failed run must never exit 0 for a scheduler or a script).
+    (images / "test" / "cat" / "leaked.png").unlink()
+    code, out, err = zooflow(monkeypatch, capsys, "run", "-S", "data.source=folder", "-S", "data.path=images",
+                             "-S", "validate.min_per_class=1", "-S", "train.architectures=[knn, linear]",
+                             "-S", "train.overrides={linear: {optimizer: {lr: 1000}}}",
+                             "-S", "orchestration.fail_fast=true")
+    assert code == 1, err
+    assert any("linear" in line and "failed: diverged" in line for line in out.splitlines()), out
+    assert [line for line in err if line.startswith("error:")][0].startswith("error: the run failed: ")
+
 
 def test_the_gate_scores_both_versions_on_the_current_val_split(state, tmp_path):
     """After the data changed, staging and challenger are both scored on the new val split, as loaded by

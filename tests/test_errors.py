@@ -85,6 +85,7 @@ def test_bad_param_is_one_line_and_exit_2(project, monkeypatch, capsys, override
         (["-S", "train.epochs=[1"], r"error: override 'train\.epochs=\[1': value '\[1' is not valid YAML"),
         (["-S", "train.epochs.x=1"], r"error: override 'train\.epochs\.x=1': epochs is not a section"),
         (["--params", "missing.yaml"], r"error: missing\.yaml: no such params file"),
+        (["--params", "."], r"error: \.: cannot be read as a params file \(Is a directory\); pass a YAML file"),
     ],
 )
 def test_bad_override_or_file_is_one_line(project, monkeypatch, capsys, args, expected):
@@ -242,6 +243,17 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(project, monkeypatch, c
     assert code == 1
     assert lines[0] == "Traceback (most recent call last):"
     assert "This is a bug in zooflow, not in your input: please report it" in lines[-1]
+
+
+def test_ctrl_c_exits_130_with_one_line(project, monkeypatch, capsys):
+    import tasks.params
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks.params, "load_params", interrupted)
+    code, lines = zooflow(monkeypatch, capsys, "params")
+    assert (code, len(lines)) == (130, 1) and lines[0].startswith("interrupted"), lines
 
 
 def test_debug_shows_the_traceback_of_a_user_error(project, monkeypatch, capsys):
