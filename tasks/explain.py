@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +100,20 @@ def tokens_to_grid(tokens: Tensor) -> Tensor:
 
 
 def stage_ends(model: nn.Module, traced: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
-    """The maps where each stage ends: the last output of each run of equally shaped maps (1x1 maps show
-    nothing and are left out); for ViT, every encoder block's patch tokens."""
+    """The maps where each stage ends: at each resolution, the last output of the outermost modules that
+    work at it (ResNet's `layer2`, CoAtNet's `s1`, VGG's last ReLU before a pooling); 1x1 maps show nothing
+    and are left out. For ViT, every encoder block's patch tokens."""
     if isinstance(model, ViT):
         return [(n, tokens_to_grid(t)) for n, t in traced if re.fullmatch(r"encoder\.layers\.[^.]+", n)]
-    maps = [(n, t) for n, t in traced if t.ndim == 4 and min(t.shape[-2:]) > 1]
-    return [(n, t) for i, (n, t) in enumerate(maps) if i + 1 == len(maps) or maps[i + 1][1].shape != t.shape]
+    by_size: dict[tuple[int, int], list[tuple[str, Tensor]]] = {}
+    for name, t in traced:
+        if t.ndim == 4 and min(t.shape[-2:]) > 1:
+            by_size.setdefault(tuple(t.shape[-2:]), []).append((name, t))
+    ends = []
+    for outputs in by_size.values():
+        outermost = min(name.count(".") for name, _ in outputs)
+        ends.append([(n, t) for n, t in outputs if n.count(".") == outermost][-1])
+    return ends
 
 
 def gradcam_layer(model: nn.Module, traced: list[tuple[str, Tensor]], min_size: int) -> str | None:
@@ -411,6 +420,100 @@ def plot_mistakes(images: np.ndarray, found: dict, classes: list[str], per_class
 # --------------------------------------------------------------------------- the stage
 
 
+@dataclass
+class Drawn:
+    """The images being explained, as every picture needs them."""
+
+    images: np.ndarray  # uint8 NHWC, for display
+    x: Tensor  # normalised, on the model's device
+    predicted: Tensor
+    target: Tensor  # occlusion's class: the true one when known, else the predicted one
+    titles: list[str]
+    per_row: int  # images a row: one class a row when the classes are known
+
+    @property
+    def two(self) -> list[int]:
+        """Two images of two classes, for the feature maps."""
+        return [0, self.per_row] if len(self.images) > self.per_row else [0]
+
+
+# Each picture: made (a dict saying what it shows) or not (a str saying why not).
+
+
+def filters_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    first = first_layer(model, d.x)
+    if first is None:
+        return "its first layer reads no image (neither a convolution nor a linear layer over the pixels)"
+    layer, weights = first
+    templates = weights.shape[0] == len(classes) and weights.shape[-1] == d.x.shape[-1]  # a linear classifier
+    shown = weights[: ep.filters]
+    plot_filters(shown, out / "filters.png", f"{name}: {layer}, {len(shown)} of {len(weights)} filters "
+                 f"{'x'.join(map(str, weights.shape[1:]))}", names=classes if templates else None)
+    return {"file": "filters.png", "layer": layer, "shape": list(weights.shape)}
+
+
+def feature_maps_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    stages = stage_ends(model, trace(model, d.x[d.two]))
+    if not stages:
+        return f"{name} has no feature maps (it reads the flat pixels)"
+    picks = np.unique(np.linspace(0, len(stages) - 1, min(ep.feature_layers, len(stages))).round().astype(int))
+    chosen = [(stages[i][0], stages[i][1].float().cpu()) for i in picks]
+    plot_feature_maps(d.images[d.two], chosen, ep.feature_channels, out / "feature_maps.png",
+                      f"{name}: the most active channels at each stage's end")
+    return {"file": "feature_maps.png", "layers": [n for n, _ in chosen]}
+
+
+def gradcam_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    if isinstance(model, ViT):
+        return "a transformer: its class token's attention is shown instead (attention.png)"
+    layer = gradcam_layer(model, trace(model, d.x[:1]), ep.gradcam_min_size)
+    if layer is None:
+        return f"no feature map of {ep.gradcam_min_size} pixels a side or more (explain.gradcam_min_size)"
+    cam = gradcam(model, layer, d.x, d.predicted)
+    save_npy(out / "maps" / "gradcam.npy", cam.astype(np.float32))
+    plot_overlays(d.images, cam, d.titles, d.per_row, out / "gradcam.png",
+                  f"{name}: Grad-CAM of the predicted class at {layer}")
+    return {"file": "gradcam.png", "layer": layer, "target": "predicted class"}
+
+
+def attention_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    rolled = attention_rollout(model, d.x)
+    if rolled is None:
+        return f"{name} has no attention layers"
+    maps, what = rolled
+    save_npy(out / "maps" / "attention.npy", maps.astype(np.float32))
+    plot_overlays(d.images, maps, d.titles, d.per_row, out / "attention.png", f"{name}: attention rollout ({what})")
+    return {"file": "attention.png", "what": what}
+
+
+def occlusion_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    size = d.x.shape[-1]
+    window = min(ep.occlusion_window or max(1, size // 4), size)
+    stride = min(ep.occlusion_stride or max(1, window // 2), size)
+    drop = occlusion(model, d.x, d.target, window, stride, batch=256)
+    save_npy(out / "maps" / "occlusion.npy", drop.astype(np.float32))
+    whose = "predicted" if d.target is d.predicted else "true"
+    plot_overlays(d.images, drop, d.titles, d.per_row, out / "occlusion.png",
+                  f"{name}: drop of p({whose} class) under a {window}x{window} occluder, stride {stride}", signed=True)
+    return {"file": "occlusion.png", "window": window, "stride": stride, "target": f"{whose} class"}
+
+
+def receptive_field_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
+    erf = effective_receptive_field(model, d.x)
+    if erf is None:
+        return f"{name} has no feature map (it reads the flat pixels)"
+    side = centred_side(erf)
+    save_npy(out / "maps" / "receptive_field.npy", erf.astype(np.float32))
+    plot_receptive_field(erf, side, out / "receptive_field.png", f"{name}: effective receptive field")
+    return {"file": "receptive_field.png", "side_90": side, "image_size": int(d.x.shape[-1])}
+
+
+PICTURES = {"filters": filters_picture, "feature_maps": feature_maps_picture, "gradcam": gradcam_picture,
+            "attention": attention_picture, "occlusion": occlusion_picture,
+            "receptive_field": receptive_field_picture}
+FITTED_PICTURES = ("occlusion",)  # needs only the model's outputs: applies to the fitted baselines too
+
+
 def explain_images(model: nn.Module, images: np.ndarray, labels: np.ndarray | None, classes: list[str],
                    prep: dict, ep: ExplainParams, device: torch.device, out: Path, name: str) -> dict:
     """Every picture that applies to `model` for `images` (uint8 NHWC); labels None: the images' true
@@ -420,86 +523,26 @@ def explain_images(model: nn.Module, images: np.ndarray, labels: np.ndarray | No
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), 1)
     predicted = probs.argmax(1)
-    target = predicted if labels is None else torch.as_tensor(labels, device=device)
-    titles = [f"{classes[p]} ({probs[i, p]:.2f})" if labels is None else f"{classes[labels[i]]} as {classes[p]}"
-              for i, p in enumerate(predicted.tolist())]
-    per_row = ep.images_per_class if labels is not None else min(len(images), 4)
-    made: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
+    known = labels is not None
+    drawn = Drawn(images, x, predicted, torch.as_tensor(labels, device=device) if known else predicted,
+                  [f"{classes[labels[i]]} as {classes[p]}" if known else f"{classes[p]} ({probs[i, p]:.2f})"
+                   for i, p in enumerate(predicted.tolist())],
+                  ep.images_per_class if known else min(len(images), 4))
     (out / "maps").mkdir(parents=True, exist_ok=True)
     fitted = isinstance(model, FittedClassifier)
-    why_fitted = f"{name} is fitted on flat pixels (no layers, no gradients): it has no filters or feature maps to show"
-
-    first = None if fitted else first_layer(model, x)
-    if first is None:
-        skipped["filters"] = why_fitted if fitted else (
-            "its first layer reads no image (neither a convolution nor a linear layer over the pixels)")
-    else:
-        layer, weights = first
-        num_classes = len(classes)
-        templates = weights.shape[0] == num_classes and weights.shape[-1] == x.shape[-1]
-        shown = weights[: ep.filters]
-        plot_filters(shown, out / "filters.png", f"{name}: {layer}, {len(shown)} of {len(weights)} filters "
-                     f"{'x'.join(map(str, weights.shape[1:]))}", names=classes if templates else None)
-        made["filters"] = {"file": "filters.png", "layer": layer, "shape": list(weights.shape)}
-
-    two = [0, per_row] if len(images) > per_row else [0]  # two images of two classes
-    traced = [] if fitted else trace(model, x[two])
-    stages = stage_ends(model, traced)
-    if not stages:
-        skipped["feature_maps"] = why_fitted if fitted else f"{name} has no feature maps (it reads the flat pixels)"
-    else:
-        picks = np.unique(np.linspace(0, len(stages) - 1, min(ep.feature_layers, len(stages))).round().astype(int))
-        chosen = [(stages[i][0], stages[i][1].float().cpu()) for i in picks]
-        plot_feature_maps(images[two], chosen, ep.feature_channels, out / "feature_maps.png",
-                          f"{name}: the most active channels at each stage's end")
-        made["feature_maps"] = {"file": "feature_maps.png", "layers": [n for n, _ in chosen]}
-
-    if isinstance(model, ViT):
-        skipped["gradcam"] = "a transformer: its class token's attention is shown instead (attention.png)"
-    else:
-        layer = None if fitted else gradcam_layer(model, traced, ep.gradcam_min_size)
-        if layer is None:
-            skipped["gradcam"] = why_fitted if fitted else (
-                f"no feature map of {ep.gradcam_min_size} pixels a side or more (explain.gradcam_min_size)")
+    made: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for key, picture in PICTURES.items():
+        if fitted and key not in FITTED_PICTURES:
+            skipped[key] = f"{name} is fitted on flat pixels (no layers, no gradients): nothing of this kind to show"
+            continue
+        result = picture(model, drawn, ep, out, name, classes)
+        if isinstance(result, dict):
+            made[key] = result
         else:
-            cam = gradcam(model, layer, x, predicted)
-            save_npy(out / "maps" / "gradcam.npy", cam.astype(np.float32))
-            plot_overlays(images, cam, titles, per_row, out / "gradcam.png",
-                          f"{name}: Grad-CAM of the predicted class at {layer}")
-            made["gradcam"] = {"file": "gradcam.png", "layer": layer, "target": "predicted class"}
-
-    rolled = None if fitted else attention_rollout(model, x)
-    if rolled is None:
-        skipped["attention"] = f"{name} has no attention layers"
-    else:
-        maps, what = rolled
-        save_npy(out / "maps" / "attention.npy", maps.astype(np.float32))
-        plot_overlays(images, maps, titles, per_row, out / "attention.png", f"{name}: attention rollout ({what})")
-        made["attention"] = {"file": "attention.png", "what": what}
-
-    size = x.shape[-1]
-    window = min(ep.occlusion_window or max(1, size // 4), size)
-    stride = min(ep.occlusion_stride or max(1, window // 2), size)
-    drop = occlusion(model, x, target, window, stride, batch=256)
-    save_npy(out / "maps" / "occlusion.npy", drop.astype(np.float32))
-    whose = "predicted" if labels is None else "true"
-    plot_overlays(images, drop, titles, per_row, out / "occlusion.png",
-                  f"{name}: drop of p({whose} class) under a {window}x{window} occluder, stride {stride}", signed=True)
-    made["occlusion"] = {"file": "occlusion.png", "window": window, "stride": stride, "target": f"{whose} class"}
-
-    erf = None if fitted else effective_receptive_field(model, x)
-    if erf is None:
-        skipped["receptive_field"] = why_fitted if fitted else f"{name} has no feature map (it reads the flat pixels)"
-    else:
-        side = centred_side(erf)
-        save_npy(out / "maps" / "receptive_field.npy", erf.astype(np.float32))
-        plot_receptive_field(erf, side, out / "receptive_field.png", f"{name}: effective receptive field")
-        made["receptive_field"] = {"file": "receptive_field.png", "side_90": side, "image_size": size}
-
-    return {"made": made, "skipped": skipped,
-            "predicted": [classes[p] for p in predicted.tolist()],
-            "labels": None if labels is None else [classes[c] for c in labels]}
+            skipped[key] = result
+    return {"made": made, "skipped": skipped, "predicted": [classes[p] for p in predicted.tolist()],
+            "labels": [classes[c] for c in labels] if known else None}
 
 
 def explain_model(model: nn.Module, data: PreparedData, prep: dict, params: Params, out: Path, name: str) -> dict:
@@ -561,7 +604,7 @@ def explain_files(params: Params, layout: Layout, arch: str, paths: list[Path], 
         if not Path(path).is_file():
             raise UserError(f"--images {path}: no such file")
         try:
-            decoded.append(decode_one(Path(path), data.image_size, data.channels, params.data.max_image_pixels)[0])
+            decoded.append(decode_one(str(path), data.image_size, data.channels, params.data.max_image_pixels)[0])
         except BadImage as exc:
             raise UserError(f"--images {path}: {exc}") from None
     model = load_trained(layout, arch)

@@ -239,8 +239,8 @@ def explanations_artifact(params: Params, layout: Layout, rows: list[dict]) -> s
     if not top:
         return None
     parts = ["## What the top models see", "",
-             "Grad-CAM or attention rollout and occlusion on a fixed draw of images, the effective receptive "
-             f"field, the most confident mistakes (`outputs/explain/<arch>/`, and `explain/` in each model's MLflow run)."]
+             "Grad-CAM or attention rollout and occlusion on a fixed draw of images, the effective receptive field, "
+             "the most confident mistakes (`outputs/explain/<arch>/`, and `explain/` in each model's MLflow run)."]
     for row in top:
         arch = row["arch"]
         report = read_json(layout.explain(arch) / "explain.json")

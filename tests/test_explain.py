@@ -15,6 +15,7 @@ from PIL import Image
 import models
 from tasks import caching
 from tasks.augment import augment
+from tasks.errors import UserError
 from tasks.evaluate import evaluate, logits_file
 from tasks.explain import draw_images, explain, explain_images, rollout
 from tasks.files import sha256_file
@@ -186,3 +187,21 @@ def test_transformers_get_attention_rollout(tmp_path, arch, options):
     maps = np.load(tmp_path / "maps" / "attention.npy")
     assert maps.shape == (8, SIZE, SIZE) and np.allclose(maps.max((1, 2)), 1.0)
     assert ("gradcam" in rep["skipped"]) == (arch == "vit_tiny_patch4")
+
+
+def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path):
+    from tasks.explain import explain_files
+
+    params, layout, _, _, _ = corner
+    images, _, corners = blob_split(4, np.random.default_rng(5))
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"mine{i}.png")
+        Image.fromarray(np.kron(image[..., 0], np.ones((3, 3), np.uint8))).save(paths[-1])  # 48 px: resized
+    summary = explain_files(params, layout, "resnet20", paths)
+    folder = layout.root / "outputs" / "explain-images" / "resnet20"
+    assert summary["folder"] == str(folder) and (folder / "gradcam.png").exists()
+    assert [summary["predicted"][str(p)] for p in paths] == ["blob" if c >= 0 else "none" for c in corners]
+    assert caching.is_current("explain", params, layout, "resnet20")  # the stage's own folder untouched
+    with pytest.raises(UserError, match="nope.png: no such file"):
+        explain_files(params, layout, "resnet20", [tmp_path / "nope.png"])
