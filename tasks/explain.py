@@ -117,8 +117,8 @@ def stage_ends(model: nn.Module, traced: list[tuple[str, Tensor]]) -> list[tuple
 
 
 def gradcam_layer(model: nn.Module, traced: list[tuple[str, Tensor]], min_size: int) -> str | None:
-    """The module whose output is the last feature map with at least `min_size` pixels a side."""
-    maps = [n for n, t in traced if t.ndim == 4 and min(t.shape[-2:]) >= min_size]
+    """The last stage end whose map has at least `min_size` pixels a side: Grad-CAM's layer."""
+    maps = [n for n, t in stage_ends(model, traced) if min(t.shape[-2:]) >= min_size]
     return maps[-1] if maps else None
 
 
@@ -387,14 +387,17 @@ def plot_feature_maps(images: np.ndarray, stages: list[tuple[str, Tensor]], chan
     return save_grid(cells, names, channels + 1, path, title)
 
 
-def plot_receptive_field(erf: np.ndarray, side: int, path: Path, title: str) -> Path:
+def plot_receptive_field(erf: np.ndarray, half: int, most: int, path: Path, title: str) -> Path:
+    """The gradient map, with the centred squares that hold 50 % (white) and 90 % (cyan) of it."""
     cell = _colour(erf, "magma")
-    lo = (erf.shape[0] - side) // 2
-    edge = np.zeros(erf.shape, bool)
-    edge[lo : lo + side, [lo, lo + side - 1]] = edge[[lo, lo + side - 1], lo : lo + side] = True
-    cell[edge] = (0.0, 1.0, 1.0)  # the centred square that holds 90 %: cyan
+    for side, colour in ((most, (0.0, 1.0, 1.0)), (half, (1.0, 1.0, 1.0))):
+        lo, hi = (erf.shape[0] - side) // 2, (erf.shape[0] - side) // 2 + side - 1
+        edge = np.zeros(erf.shape, bool)
+        edge[lo : hi + 1, [lo, hi]] = edge[[lo, hi], lo : hi + 1] = True
+        cell[edge] = colour
     return save_grid([_enlarge(cell, max(96, erf.shape[0]))], [""], 1, path,
-                     f"{title}\n90% of the gradient in the centred {side}x{side} square", cell_inches=3.2)
+                     f"{title}\n50% of the gradient within the centred {half}x{half} (white), 90% within "
+                     f"{most}x{most} (cyan)", cell_inches=3.2)
 
 
 def plot_mistakes(images: np.ndarray, found: dict, classes: list[str], per_class: int, max_classes: int,
@@ -502,10 +505,10 @@ def receptive_field_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: 
     erf = effective_receptive_field(model, d.x)
     if erf is None:
         return f"{name} has no feature map (it reads the flat pixels)"
-    side = centred_side(erf)
+    half, most = centred_side(erf, 0.5), centred_side(erf, 0.9)
     save_npy(out / "maps" / "receptive_field.npy", erf.astype(np.float32))
-    plot_receptive_field(erf, side, out / "receptive_field.png", f"{name}: effective receptive field")
-    return {"file": "receptive_field.png", "side_90": side, "image_size": int(d.x.shape[-1])}
+    plot_receptive_field(erf, half, most, out / "receptive_field.png", f"{name}: effective receptive field")
+    return {"file": "receptive_field.png", "side_50": half, "side_90": most, "image_size": int(d.x.shape[-1])}
 
 
 PICTURES = {"filters": filters_picture, "feature_maps": feature_maps_picture, "gradcam": gradcam_picture,
@@ -587,7 +590,7 @@ def summary_of(report: dict) -> dict:
     made = report["made"]
     return {"arch": report["arch"], "made": sorted(made), "skipped": sorted(report["skipped"]),
             "gradcam_layer": made.get("gradcam", {}).get("layer"),
-            "receptive_field_90": made.get("receptive_field", {}).get("side_90"),
+            "receptive_field_50": made.get("receptive_field", {}).get("side_50"),
             "errors": made["mistakes"]["errors"], "n": made["mistakes"]["n"],
             "confused_pairs": report["confused_pairs"][:3], "seconds": report["seconds"]}
 

@@ -256,8 +256,9 @@ def explanations_artifact(params: Params, layout: Layout, rows: list[dict]) -> s
             parts.append(f"- attention rollout: {made['attention']['what']}")
         if "receptive_field" in made:
             rf = made["receptive_field"]
-            parts.append(f"- effective receptive field: 90 % of the gradient within the centred "
-                         f"{rf['side_90']}x{rf['side_90']} of {rf['image_size']}x{rf['image_size']} pixels")
+            parts.append(f"- effective receptive field: half of the gradient within the centred "
+                         f"{rf['side_50']}x{rf['side_50']} of {rf['image_size']}x{rf['image_size']} pixels, 90 % within "
+                         f"{rf['side_90']}x{rf['side_90']}")
         for what, why in report["skipped"].items():
             parts.append(f"- no {what.replace('_', ' ')}: {why}")
         parts.append("")

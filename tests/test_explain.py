@@ -129,7 +129,7 @@ def test_explaining_changes_no_weights_or_metrics_and_is_deterministic(corner):
     params, layout, before, _, _ = corner
     folder = layout.explain("resnet20")
     first = {p.relative_to(folder): p.read_bytes() for p in (*folder.glob("*.png"), *folder.glob("maps/*.npy"))}
-    explain(params, layout, "resnet20")
+    caching.run_stage("explain", explain, params, layout, "resnet20", arch="resnet20")
     again = {p.relative_to(folder): p.read_bytes() for p in (*folder.glob("*.png"), *folder.glob("maps/*.npy"))}
     assert again == first and len(first) == 9  # six pictures, three maps: byte for byte
     for arch, (weights, metrics) in before.items():
@@ -205,3 +205,36 @@ def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path):
     assert caching.is_current("explain", params, layout, "resnet20")  # the stage's own folder untouched
     with pytest.raises(UserError, match="nope.png: no such file"):
         explain_files(params, layout, "resnet20", [tmp_path / "nope.png"])
+
+
+def test_the_top_models_pictures_are_a_prefect_artifact(corner, prefect_harness, monkeypatch):
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks import orchestration, tracking
+    from tasks.files import write_json
+    from tasks.leaderboard import leaderboard
+
+    params, layout, _, _, _ = corner
+    rows = leaderboard(params, layout)
+
+    @flow
+    def publish():
+        return orchestration.explanations_artifact(params, layout, rows)
+
+    def markdown() -> str:
+        state = publish(return_state=True)
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        return {a.key: a for a in artifacts}["explanations"].data
+
+    local = markdown()
+    assert ". resnet20: val " in local and ". knn: val " in local and "no gradcam: knn is fitted" in local
+    assert "Grad-CAM at `layer2`" in local and "`outputs/explain/resnet20/gradcam.png`" in local
+    # With an MLflow server the pictures show inline, served from the model's run.
+    monkeypatch.setattr(tracking, "tracking_uri", lambda params: "https://mlflow.example.org")
+    write_json(layout.root / "outputs" / "runs" / "resnet20.json", {"run_id": "cnnrun", "parent_run_id": None})
+    served = markdown()
+    url = "https://mlflow.example.org/get-artifact?path=explain/gradcam.png&run_uuid=cnnrun"
+    assert f"![resnet20 gradcam.png]({url})" in served
