@@ -26,6 +26,7 @@ model: it is read from model.pt, used in eval mode and never written back.
 from __future__ import annotations
 
 import re
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -324,7 +325,8 @@ def save_grid(cells: list[np.ndarray | None], titles: list[str], cols: int, path
     """RGB cells (float, [0, 1]) in rows of `cols`, each enlarged to the largest one's size, under its title."""
     plt = _pyplot()
     size = max(c.shape[0] for c in cells if c is not None)
-    head, pad = (max(6, size // 4) if any(titles) else 0), max(1, size // 16)
+    lines = max((t.count("\n") + 1 for t in titles if t), default=0)  # a cell's title: one or two lines
+    head, pad = max(6, size * lines // 5) if lines else 0, max(1, size // 16)
     rows = -(-len(cells) // cols)
     step_y, step_x = size + head + pad, size + pad
     canvas = np.ones((rows * step_y + pad, cols * step_x + pad, 3), np.float32)
@@ -333,7 +335,9 @@ def save_grid(cells: list[np.ndarray | None], titles: list[str], cols: int, path
             y, x = (i // cols) * step_y + head + pad, (i % cols) * step_x + pad
             canvas[y : y + size, x : x + size] = _enlarge(cell, size)
     inch = cell_inches / size
-    width, height, top = max(canvas.shape[1] * inch, 4.5), canvas.shape[0] * inch, 0.25 + 0.15 * title.count("\n")
+    width, height = max(canvas.shape[1] * inch, 4.5), canvas.shape[0] * inch
+    title = "\n".join(textwrap.fill(line, int(width * 16)) for line in title.split("\n"))  # 8 pt fits ~16 a inch
+    top = 0.25 + 0.15 * title.count("\n")
     fig = plt.figure(figsize=(width, height + top))
     ax = fig.add_axes((0, 0, 1, height / (height + top)))
     ax.imshow(canvas, interpolation="nearest")
@@ -412,7 +416,7 @@ def plot_mistakes(images: np.ndarray, found: dict, classes: list[str], per_class
     for name in shown:
         row = by_class[name][:per_class]
         cells += [_rgb(images[m["index"]]) for m in row] + [None] * (per_class - len(row))
-        names += [f"{name} as {m['predicted']} ({m['confidence']:.2f})" for m in row] + [""] * (per_class - len(row))
+        names += [f"{name}\nas {m['predicted']} ({m['confidence']:.2f})" for m in row] + [""] * (per_class - len(row))
     pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in found["confused_pairs"][:5])
     heading = f"{title}: {found['errors']} of {found['n']} wrong" + (f"\nmost confused: {pairs}" if pairs else "")
     if not cells:
@@ -528,7 +532,7 @@ def explain_images(model: nn.Module, images: np.ndarray, labels: np.ndarray | No
     predicted = probs.argmax(1)
     known = labels is not None
     drawn = Drawn(images, x, predicted, torch.as_tensor(labels, device=device) if known else predicted,
-                  [f"{classes[labels[i]]} as {classes[p]}" if known else f"{classes[p]} ({probs[i, p]:.2f})"
+                  [f"{classes[labels[i]]}\nas {classes[p]}" if known else f"{classes[p]} ({probs[i, p]:.2f})"
                    for i, p in enumerate(predicted.tolist())],
                   ep.images_per_class if known else min(len(images), 4))
     (out / "maps").mkdir(parents=True, exist_ok=True)
