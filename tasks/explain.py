@@ -25,10 +25,12 @@ model: it is read from model.pt, used in eval mode and never written back.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,16 @@ def draw_images(labels: np.ndarray, per_class: int, max_classes: int, seed: int)
 # --------------------------------------------------------------------------- what the network computes
 
 
+@contextlib.contextmanager
+def hooked(handles: list) -> Iterator[None]:
+    """Hooks that are removed however the block ends: the model leaves as it came."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def trace(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
     """Every submodule's output during `forward_features(x)`, in the order they finish; modules that run
     more than once (a shared ReLU) are left out, since no single output is theirs."""
@@ -83,13 +95,8 @@ def trace(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
                 records.append((name, out.detach()))
         return record
 
-    handles = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model.forward_features(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked([m.register_forward_hook(recorder(n)) for n, m in model.named_modules() if n]), torch.no_grad():
+        model.forward_features(x)
     return [(n, out) for n, out in records if calls[n] == 1]
 
 
@@ -127,14 +134,9 @@ def first_layer(model: nn.Module, x: Tensor) -> tuple[str, Tensor] | None:
     """The first convolution or linear layer a forward pass runs, with its weights as images
     (out, C, k, k); a linear layer only when it reads the whole image (its rows are images)."""
     order: list[tuple[str, nn.Module]] = []
-    handles = [m.register_forward_hook(lambda m, a, o, n=n: order.append((n, m)))
-               for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked([m.register_forward_hook(lambda m, a, o, n=n: order.append((n, m)))
+                 for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]), torch.no_grad():
+        model(x[:1])
     if not order:
         return None
     name, layer = order[0]
@@ -184,13 +186,9 @@ def attention_matrices(model: nn.Module, x: Tensor) -> list[Tensor]:
     attention and CoAtNet's relative attention (its softmax(q.k / sqrt(d) + w_{i-j}), Eq. 3)."""
     layers = [m for m in model.modules() if isinstance(m, (nn.MultiheadAttention, RelativeAttention))]
     seen: list[tuple[nn.Module, Tensor]] = []
-    handles = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0]))) for m in layers]
-    try:
-        with torch.no_grad():
-            model.forward_features(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked([m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0]))) for m in layers]), \
+            torch.no_grad():
+        model.forward_features(x)
     out = []
     with torch.no_grad():
         for layer, tokens in seen:
