@@ -185,6 +185,8 @@ def attention_matrices(model: nn.Module, x: Tensor) -> list[Tensor]:
     """The head-averaged attention (N, T, T) of every attention layer, in order: ViT's multi-head
     attention and CoAtNet's relative attention (its softmax(q.k / sqrt(d) + w_{i-j}), Eq. 3)."""
     layers = [m for m in model.modules() if isinstance(m, (nn.MultiheadAttention, RelativeAttention))]
+    if not layers:  # a CNN: no forward pass to make
+        return []
     seen: list[tuple[nn.Module, Tensor]] = []
     with hooked([m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0]))) for m in layers]), \
             torch.no_grad():
@@ -436,10 +438,18 @@ class Drawn:
     titles: list[str]
     per_row: int  # images a row: one class a row when the classes are known
 
+    traced: list[tuple[str, Tensor]] | None = None  # every module's output for `two`, made once (`traced_two`)
+
     @property
     def two(self) -> list[int]:
         """Two images of two classes, for the feature maps."""
         return [0, self.per_row] if len(self.images) > self.per_row else [0]
+
+    def traced_two(self, model: nn.Module) -> list[tuple[str, Tensor]]:
+        """`trace` of the two images, shared by the feature maps and Grad-CAM's choice of layer."""
+        if self.traced is None:
+            self.traced = trace(model, self.x[self.two])
+        return self.traced
 
 
 # Each picture: made (a dict saying what it shows) or not (a str saying why not).
@@ -458,7 +468,7 @@ def filters_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, na
 
 
 def feature_maps_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
-    stages = stage_ends(model, trace(model, d.x[d.two]))
+    stages = stage_ends(model, d.traced_two(model))
     if not stages:
         return f"{name} has no feature maps (it reads the flat pixels)"
     picks = np.unique(np.linspace(0, len(stages) - 1, min(ep.feature_layers, len(stages))).round().astype(int))
@@ -471,7 +481,7 @@ def feature_maps_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Pat
 def gradcam_picture(model: nn.Module, d: Drawn, ep: ExplainParams, out: Path, name: str, classes: list[str]):
     if isinstance(model, ViT):
         return "a transformer: its class token's attention is shown instead (attention.png)"
-    layer = gradcam_layer(model, trace(model, d.x[:1]), ep.gradcam_min_size)
+    layer = gradcam_layer(model, d.traced_two(model), ep.gradcam_min_size)
     if layer is None:
         return f"no feature map of {ep.gradcam_min_size} pixels a side or more (explain.gradcam_min_size)"
     cam = gradcam(model, layer, d.x, d.predicted)

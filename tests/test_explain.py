@@ -6,6 +6,7 @@ applies to them; ViT and CoAtNet get attention rollout."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from PIL import Image
 import models
 from tasks import caching
 from tasks.augment import augment
-from tasks.errors import UserError
 from tasks.evaluate import evaluate, logits_file
 from tasks.explain import draw_images, explain, explain_images, rollout
 from tasks.files import sha256_file
@@ -44,14 +44,18 @@ def blob_split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return images, labels, corners
 
 
+OVERRIDES = [
+    "device=cpu", "train.architectures=[resnet20, knn]", "train.epochs=4", "train.batch_size=32",
+    "train.progress=off", "train.optimizer.lr=0.05", "train.model_options.resnet20={widths: [8, 16, 32]}",
+    "augment.crop_padding=0", "augment.hflip=false", "evaluate.measure_speed=false",
+    # Grad-CAM at resnet20's 8x8 map (layer2), an occluder the size of a quadrant, six images a class
+    "explain.gradcam_min_size=8", "explain.occlusion_window=8", "explain.occlusion_stride=4",
+    "explain.images_per_class=6",
+]
+
+
 def make_params(root, *overrides):
-    return load_params(root / "none.yaml", [
-        "device=cpu", "train.architectures=[resnet20, knn]", "train.epochs=4", "train.batch_size=32",
-        "train.progress=off", "train.optimizer.lr=0.05", "train.model_options.resnet20={widths: [8, 16, 32]}",
-        "augment.crop_padding=0", "augment.hflip=false", "evaluate.measure_speed=false",
-        # Grad-CAM at resnet20's 8x8 map (layer2), an occluder the size of a quadrant, six images a class
-        "explain.gradcam_min_size=8", "explain.occlusion_window=8", "explain.occlusion_stride=4",
-        "explain.images_per_class=6", *overrides])
+    return load_params(root / "none.yaml", [*OVERRIDES, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,13 @@ def test_the_cache_key_follows_what_the_pictures_depend_on(corner):
     assert caching.cache_key("explain", make_params(layout.root, "train.epochs=5"), layout, "resnet20") == key
 
 
+def test_disabled_the_stage_writes_only_a_note_saying_so(tmp_path):
+    """`zooflow explain` (and dvc's explain@arch) with explain.enabled: false: no model is read, no picture made."""
+    summary = explain(make_params(tmp_path, "explain.enabled=false"), Layout(tmp_path), "resnet20")
+    assert summary == {"arch": "resnet20", "skipped": "explain.enabled: false"}
+    assert [p.name for p in Layout(tmp_path).explain("resnet20").iterdir()] == ["explain.json"]
+
+
 def test_draw_is_class_balanced_and_fixed_by_its_seed():
     labels = np.repeat(np.arange(12), 5)
     drawn = draw_images(labels, 2, 4, seed=3)
@@ -189,8 +200,11 @@ def test_transformers_get_attention_rollout(tmp_path, arch, options):
     assert ("gradcam" in rep["skipped"]) == (arch == "vit_tiny_patch4")
 
 
-def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path):
-    from tasks.explain import explain_files
+def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from flows import cli
+    from registry_fixtures import chdir
 
     params, layout, _, _, _ = corner
     images, _, corners = blob_split(4, np.random.default_rng(5))
@@ -198,13 +212,24 @@ def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path):
     for i, image in enumerate(images):
         paths.append(tmp_path / f"mine{i}.png")
         Image.fromarray(np.kron(image[..., 0], np.ones((3, 3), np.uint8))).save(paths[-1])  # 48 px: resized
-    summary = explain_files(params, layout, "resnet20", paths)
+
+    def zooflow(*args: str) -> tuple[int, str, list[str]]:
+        overrides = [arg for o in OVERRIDES for arg in ("-S", o)]
+        monkeypatch.setattr(sys, "argv", ["zooflow", "explain", "--arch", "resnet20", *args, *overrides])
+        with chdir(layout.root):
+            code = cli.run_cli()
+        out, err = capsys.readouterr()
+        return code, out, [line for line in err.splitlines() if line.strip()]
+
+    code, out, err = zooflow(*[arg for p in paths for arg in ("--images", str(p))])
+    assert code == 0, err
+    summary = json.loads(out)
     folder = layout.root / "outputs" / "explain-images" / "resnet20"
-    assert summary["folder"] == str(folder) and (folder / "gradcam.png").exists()
+    assert Path(summary["folder"]).resolve() == folder.resolve() and (folder / "gradcam.png").stat().st_size > 0
     assert [summary["predicted"][str(p)] for p in paths] == ["blob" if c >= 0 else "none" for c in corners]
     assert caching.is_current("explain", params, layout, "resnet20")  # the stage's own folder untouched
-    with pytest.raises(UserError, match="nope.png: no such file"):
-        explain_files(params, layout, "resnet20", [tmp_path / "nope.png"])
+    code, _, err = zooflow("--images", str(paths[0]), "--images", str(tmp_path / "nope.png"))
+    assert code == 2 and err == [f"error: --images {tmp_path / 'nope.png'}: no such file"]
 
 
 def test_the_top_models_pictures_are_a_prefect_artifact(corner, prefect_harness, monkeypatch):
