@@ -569,6 +569,8 @@ def explain_model(model: nn.Module, data: PreparedData, prep: dict, params: Para
     drawn = draw_images(labels, ep.images_per_class, ep.max_classes, ep.seed)
     summary = explain_images(model, images[drawn], labels[drawn], data.classes, prep, ep, device, out, name)
     model = model.to(device).eval()
+    # evaluate.batch_size sets only how many images a forward pass takes, not what comes out: it is not
+    # among the params this stage's cache key reads (caching.READS).
     probs = softmax(predict_logits(model, images, prep, params.evaluate.batch_size, device).astype(np.float64))
     found = mistakes(probs, labels, data.classes, ep.confused_pairs)
     write_json(out / "mistakes.json", {"split": ep.split, **found})
