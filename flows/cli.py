@@ -87,7 +87,7 @@ def _stage(stage: str, fn, params, *args, arch: str | None = None):
     from tasks.lock import project_lock
 
     layout = _layout()
-    if stage in ("train", "evaluate", "register", "promote"):  # they log to MLflow: is it there?
+    if stage in ("train", "evaluate", "explain", "register", "promote"):  # they log to MLflow: is it there?
         from tasks import tracking
 
         tracking.check_server(params)
@@ -172,6 +172,26 @@ def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), override
     params = _params(params_file, overrides)
     _check_arch(params, arch)
     _echo(_stage("evaluate", stage, params, arch, arch=arch))
+
+
+@app.command()
+def explain(
+    arch: Arch,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+    images: Annotated[Optional[list[Path]], typer.Option(
+        "--images", help="explain these image files instead (repeatable), into outputs/explain-images/<arch>/")] = None,
+) -> None:
+    """What a trained architecture sees: filters, Grad-CAM or attention, occlusion, receptive field, mistakes;
+    into outputs/explain/<arch>/, logged to its MLflow run."""
+    from tasks.explain import explain_files, explain_tracked
+
+    params = _params(params_file, overrides)
+    _check_arch(params, arch)
+    if images:
+        _echo(_stage("explain-images", explain_files, params, arch, images))
+        return
+    _echo(_stage("explain", explain_tracked, params, arch, arch=arch))
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """The `zoo-pipeline` flow: the DAG of DESIGN.md, one task call per stage.
 
-ingest ─▶ validate ─▶ augment ─▶ train(arch) ×N ─▶ evaluate ×N ─▶ ensemble ─▶ register ─▶ promote?
+ingest ─▶ validate ─▶ augment ─▶ train(arch) ×N ─▶ evaluate ×N ─▶ explain ×N ─▶ ensemble ─▶ register ─▶ promote?
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tasks import orchestration, tracking
 from tasks.augment import augment
 from tasks.ensemble import ensemble
 from tasks.evaluate import evaluate_tracked
+from tasks.explain import explain_tracked
 from tasks.ingest import ingest
 from tasks.errors import ArchitecturesFailed, UserError
 from tasks.layout import Layout
@@ -32,6 +33,7 @@ validate_task = stage_task(validate, "validate")
 augment_task = stage_task(augment, "augment")
 train_task = stage_task(train_tracked, "train")
 evaluate_task = stage_task(evaluate_tracked, "evaluate")
+explain_task = stage_task(explain_tracked, "explain")
 ensemble_task = stage_task(ensemble, "ensemble")
 leaderboard_task = stage_task(leaderboard, "leaderboard")
 register_task = stage_task(register, "register")
@@ -40,26 +42,35 @@ promote_task = stage_task(promote, "promote")
 
 @flow(name="train-zoo")
 def train_zoo(params: Params, layout: Layout, parent_run_id: str):
-    """Train and evaluate every architecture; one failing does not stop the others.
+    """Train, evaluate and explain every architecture; one failing does not stop the others.
 
-    Returns {arch: "ok" | why it failed}, in a Failed state when any failed.
+    Returns {"archs": {arch: "ok" | why it failed}, "unexplained": {arch: why its explanation failed}},
+    in a Failed state when any architecture failed. A failed explanation does not fail its architecture:
+    the model's numbers stand without pictures, and the leaderboard says so.
     """
     futures = {}
     for arch in params.train.architectures:
         trained = configured(train_task, params, layout, arch).submit(params, layout, arch, parent_run_id)
         evaluated = configured(evaluate_task, params, layout, arch).submit(params, layout, arch, wait_for=[trained])
-        futures[arch] = (trained, evaluated)
-    outcome = {}
-    for arch, (trained, evaluated) in futures.items():
+        explained = (configured(explain_task, params, layout, arch).submit(params, layout, arch, wait_for=[evaluated])
+                     if params.explain.enabled else None)
+        futures[arch] = (trained, evaluated, explained)
+    outcome, unexplained = {}, {}
+    for arch, (trained, evaluated, explained) in futures.items():
         evaluated.wait()
         # The first stage that failed says why (evaluate only knows its upstream did not complete).
         state = next((f.state for f in (trained, evaluated) if not f.state.is_completed()), None)
         outcome[arch] = "ok" if state is None else orchestration.failure_reason(state)
+        if explained is not None and state is None:
+            explained.wait()
+            if not explained.state.is_completed():
+                unexplained[arch] = orchestration.failure_reason(explained.state)
+    result = {"archs": outcome, "unexplained": unexplained}
     failed = sorted(arch for arch, why in outcome.items() if why != "ok")
     if failed:
         return Failed(message=f"{len(failed)} of {len(outcome)} architectures failed: {', '.join(failed)}",
-                      data=outcome)
-    return outcome
+                      data=result)
+    return result
 
 
 @flow(name="zoo-pipeline")
@@ -92,15 +103,21 @@ def _stages(params: Params, layout: Layout, parent: str) -> dict:
     call(augment_task, params, layout)
 
     zoo = train_zoo.with_options(task_runner=task_runner(params))(params, layout, parent, return_state=True)
-    outcome = zoo.result(raise_on_failure=False)
+    result = zoo.result(raise_on_failure=False)
+    outcome = result["archs"]
     failed = {arch: why for arch, why in outcome.items() if why != "ok"}
     for arch, why in failed.items():
         logger.error("architecture %s failed: %s", arch, why)
+    notes = {arch: f"explain failed: {why}" for arch, why in result["unexplained"].items()}
+    for arch, note in notes.items():
+        logger.warning("architecture %s: %s (its metrics stand; no pictures)", arch, note)
 
     if len(failed) < len(outcome):
         call(ensemble_task, params, layout)
-    rows = call(leaderboard_task, params, layout, failed)
+    rows = call(leaderboard_task, params, layout, failed, notes)
     orchestration.leaderboard_artifact(rows)
+    if params.explain.enabled:
+        orchestration.explanations_artifact(params, layout, rows)
     summary = {"leaderboard": rows, "registered": None, "promoted": None, "failed": failed}
     if failed and params.orchestration.fail_fast:
         raise ArchitecturesFailed(f"{zoo.message}; nothing registered (orchestration.fail_fast: true)", summary)

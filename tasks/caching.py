@@ -57,7 +57,12 @@ READS: dict[str, Reads] = {
     "evaluate": Reads(
         ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
     ),
+    "explain": Reads(
+        ("explain",), ("tasks/explain.py", "tasks/evaluate.py", "tasks/serving.py"),
+        ("outputs/train/{arch}", "data/prepared", "data/augment"),
+    ),
 }
+PER_ARCH = ("train", "evaluate", "explain")  # the stages that run once per architecture
 STAGES = tuple(READS)
 
 
@@ -78,8 +83,8 @@ def code_digest(paths: tuple[str, ...]) -> str:
 
 
 def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any]:
-    """The params a stage reads; for `train` only `arch`'s recipe (its override merged), without the keys
-    that change how a run executes but not what it computes (`TrainParams.EXECUTION_ONLY`)."""
+    """The params a stage reads; for `train` only `arch`'s recipe (its override merged); without the keys
+    that change how a run executes but not what it computes (`EXECUTION_ONLY` of train and explain)."""
     out: dict[str, Any] = {}
     for name in READS[stage].params:
         if name == "train":
@@ -89,6 +94,8 @@ def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any
             out["train"] = {**recipe, "model_options": tp.model_options.get(arch, {})}
         elif name in ("seed", "device"):
             out[name] = getattr(params, name)
+        elif name == "explain":
+            out[name] = params.explain.model_dump(mode="json", exclude=set(params.explain.EXECUTION_ONLY))
         else:
             out[name] = params.section(name)
     return out
@@ -160,6 +167,7 @@ def output_folder(stage: str, layout: Layout, arch: str | None = None) -> Path:
         "augment": lambda: layout.augment,
         "train": lambda: layout.train(arch),
         "evaluate": lambda: layout.eval(arch),
+        "explain": lambda: layout.explain(arch),
     }[stage]()
 
 

@@ -32,6 +32,9 @@ class Layout:
     def eval(self, arch: str) -> Path:
         return self.root / "outputs" / "eval" / arch
 
+    def explain(self, arch: str) -> Path:
+        return self.root / "outputs" / "explain" / arch
+
     @property
     def ensemble(self) -> Path:
         return self.root / "outputs" / "ensemble"

@@ -165,17 +165,21 @@ def to_csv(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     return buffer.getvalue()
 
 
-def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None = None) -> list[dict]:
+def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None = None,
+                notes: dict[str, str] | None = None) -> list[dict]:
     """Rows for every architecture in params (and the ensemble, if one was made), best val acc first.
 
     `failures` ({arch: reason}) marks architectures whose training or evaluation failed in this run,
-    whatever older outputs lie on disk."""
-    failures = failures or {}
+    whatever older outputs lie on disk; `notes` ({arch: text}) adds to the status of one that did not
+    fail (its explanation failed: its numbers stand)."""
+    failures, notes = failures or {}, notes or {}
     current = caching.current_evaluations(params, layout, params.train.architectures)
     rows = [arch_row(layout, arch, arch in current and arch not in failures) for arch in params.train.architectures]
     for row in rows:
         if row["arch"] in failures:
             row["status"] = f"failed: {failures[row['arch']]}"[:200]
+        elif row["arch"] in notes:
+            row["status"] = f"{row['status']}; {notes[row['arch']]}"[:200]
     extra = ensemble_row(params, layout, rows) if caching.ensemble_is_current(params, layout) else None
     if extra:
         rows.append(extra)

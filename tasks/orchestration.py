@@ -58,7 +58,7 @@ def first_line(exc: BaseException) -> str:
 def _reusing(fn: Callable, stage: str) -> Callable:
     @functools.wraps(fn)
     def run(params: Params, layout: Layout, *args: Any) -> Any:
-        arch = args[0] if stage in ("train", "evaluate") else None
+        arch = args[0] if stage in caching.PER_ARCH else None
         if params.orchestration.cache:
             summary = caching.cached_summary(stage, params, layout, arch)
             if summary is not None:
@@ -220,3 +220,55 @@ def leaderboard_artifact(rows: list[dict]) -> str:
     create_table_artifact(key="leaderboard", table=[{c: cell(c, r.get(c)) for c in COLUMNS} for r in rows],
                           description="zooflow leaderboard: sorted by val accuracy")
     return "leaderboard"
+
+
+def explanations_artifact(params: Params, layout: Layout, rows: list[dict]) -> str | None:
+    """What the leaderboard's best `explain.top_models` single models see, as a markdown artifact: per model
+    the headline of its explain.json and its pictures, shown inline from an MLflow server (its
+    `get-artifact` endpoint) or, with a local store, named by file and by MLflow artifact URI. Returns its
+    key, or None when no model has current explanations."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import tracking
+    from tasks.files import read_json
+
+    uri = tracking.tracking_uri(params).rstrip("/")
+    served = tracking.is_server(params)
+    top = [r for r in rows if r.get("family") != "ensemble" and r.get("val_acc") is not None
+           and caching.is_current("explain", params, layout, r["arch"])][: params.explain.top_models]
+    if not top:
+        return None
+    parts = ["## What the top models see", "",
+             "Grad-CAM or attention rollout and occlusion on a fixed draw of images, the effective receptive field, "
+             "the most confident mistakes (`outputs/explain/<arch>/`, and `explain/` in each model's MLflow run)."]
+    for row in top:
+        arch = row["arch"]
+        report = read_json(layout.explain(arch) / "explain.json")
+        made, run_id = report["made"], tracking.arch_run_id(layout, arch)
+        mist = made["mistakes"]
+        pairs = ", ".join(f"{p['true']}→{p['predicted']} ({p['count']})" for p in report["confused_pairs"][:3])
+        parts += ["", f"### {row['rank']}. {arch}: val {100 * row['val_acc']:.2f} %", "",
+                  f"- {mist['errors']} of {mist['n']} {report['split']} images wrong" + (f"; most confused: {pairs}"
+                                                                                        if pairs else "")]
+        if "gradcam" in made:
+            parts.append(f"- Grad-CAM at `{made['gradcam']['layer']}`")
+        if "attention" in made:
+            parts.append(f"- attention rollout: {made['attention']['what']}")
+        if "receptive_field" in made:
+            rf = made["receptive_field"]
+            parts.append(f"- effective receptive field: half of the gradient within the centred "
+                         f"{rf['side_50']}x{rf['side_50']} of {rf['image_size']}x{rf['image_size']} pixels, 90 % within "
+                         f"{rf['side_90']}x{rf['side_90']}")
+        for what, why in report["skipped"].items():
+            parts.append(f"- no {what.replace('_', ' ')}: {why}")
+        parts.append("")
+        for what in made.values():
+            name = what["file"]
+            if served and run_id:
+                parts.append(f"![{arch} {name}]({uri}/get-artifact?path=explain/{name}&run_uuid={run_id})")
+            else:
+                where = f" (`runs:/{run_id}/explain/{name}`)" if run_id else ""
+                parts.append(f"- `{(layout.explain(arch) / name).relative_to(layout.root)}`{where}")
+    create_markdown_artifact("\n".join(parts) + "\n", key="explanations",
+                             description="what the leaderboard's top models see")
+    return "explanations"

@@ -257,6 +257,43 @@ class EvaluateParams(Section):
     throughput_batch: int = Field(256, ge=1, le=1 << 14, description="batch size of the throughput measurement")
 
 
+class ExplainParams(Section):
+    """What each trained model sees (tasks/explain.py): filters, feature maps, Grad-CAM or attention
+    rollout, occlusion sensitivity, the effective receptive field, the most confident mistakes."""
+
+    # What the flow does with the pictures, not what they are: outside the stage's cache key.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"top_models"})
+
+    enabled: bool = Field(True, description="explain every model after its evaluation; false: skip the stage")
+    split: Literal["val", "test"] = Field(
+        "val", description="the split the explained images and the gallery of mistakes come from"
+    )
+    images_per_class: int = Field(
+        2, ge=1, le=100, description="images per class explained (Grad-CAM or rollout, occlusion): a fixed, class-balanced draw"
+    )
+    max_classes: int = Field(
+        10, ge=1, le=1000, description="classes shown in the panels; with more, evenly spaced over the class list"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the draw of images: same seed, same pictures")
+    occlusion_window: int | None = Field(
+        None, ge=1, le=4096, description="side in pixels of the square slid over the image (filled with the mean colour); null: a quarter of the image"
+    )
+    occlusion_stride: int | None = Field(
+        None, ge=1, le=4096, description="step of the occluding square in pixels; null: half the window"
+    )
+    gradcam_min_size: int = Field(
+        4, ge=1, le=1024, description="Grad-CAM reads the last feature map with at least this many pixels a side (a 1x1 map shows no place)"
+    )
+    filters: int = Field(64, ge=1, le=1024, description="first-layer filters shown at most")
+    feature_layers: int = Field(4, ge=1, le=32, description="layers in the feature-map picture: stage ends, evenly spaced")
+    feature_channels: int = Field(8, ge=1, le=64, description="channels per layer in the feature-map picture: the most active")
+    mistakes_per_class: int = Field(4, ge=1, le=100, description="most confident mistakes shown per true class")
+    confused_pairs: int = Field(10, ge=1, le=1000, description="most confused (true, predicted) class pairs listed")
+    top_models: int = Field(
+        3, ge=0, le=100, description="the leaderboard's best single models whose pictures the Prefect artifact `explanations` shows"
+    )
+
+
 class EnsembleParams(Section):
     method: Literal["auto", "soft", "hard", "weighted", "greedy"] = Field(
         "auto", description="the ensemble written out; auto: the best of all methods on val"
@@ -308,7 +345,8 @@ class OrchestrationParams(Section):
     @field_validator("timeout_seconds")
     @classmethod
     def _known_stages(cls, limits: dict[str, float]) -> dict[str, float]:
-        stages = ("ingest", "validate", "augment", "train", "evaluate", "ensemble", "leaderboard", "register", "promote")
+        stages = ("ingest", "validate", "augment", "train", "evaluate", "explain", "ensemble", "leaderboard", "register",
+                  "promote")
         for name in limits:
             if name not in stages:
                 raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(stages)}")
@@ -327,6 +365,7 @@ class Params(Section):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    explain: ExplainParams = Field(default_factory=ExplainParams)
     ensemble: EnsembleParams = Field(default_factory=EnsembleParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)

@@ -174,6 +174,18 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
               f"| val | {_pct(v.get('accuracy'))} | {_pct(v.get('top5'))} | {v.get('nll', 0):.4f} | {v.get('ece', 0):.4f} |",
               f"| test | {_pct(t.get('accuracy'))} | {_pct(t.get('top5'))} | {t.get('nll', 0):.4f} | {t.get('ece', 0):.4f} |",
               "", "Chosen on val; test is reported, never used to choose.", ""]
+    lines += ["## What it sees", ""]
+    pictures = lineage.get("explanations", {})
+    for arch in cand["members"]:
+        run = lineage["runs"].get(arch)
+        if pictures.get(arch) and run:
+            files = ", ".join(f"`{p}`" for p in pictures[arch])
+            lines.append(f"- **{arch}**, MLflow run `{run}`: {files} "
+                         f"(`mlflow artifacts download --run-id {run} --artifact-path explain`)")
+        else:
+            lines.append(f"- **{arch}**: no pictures from this run's inputs (explain.enabled: false, or the "
+                         f"explanation failed: the leaderboard says why)")
+    lines.append("")
     lines += ["## Data", "", f"- data sha256: `{lineage['data_sha256']}`", f"- classes: {lineage['classes']}",
               f"- input: uint8 images N x H x W x C of any size, resized to {lineage['image_size']} px, "
               f"{lineage['channels']} channel(s)", ""]
@@ -277,12 +289,17 @@ def register(params: Params, layout: Layout, parent_run_id: str | None = None) -
     train_info = {a: read_json(layout.train(a) / "train.json") if (layout.train(a) / "train.json").exists() else {}
                   for a in cand["members"]}
     runs = {arch: run for arch in cand["members"] if (run := tracking.arch_run_id(layout, arch))}
+    from tasks.explain import logged_pictures
+
+    explanations = {arch: logged_pictures(layout, arch) for arch in cand["members"]
+                    if caching.is_current("explain", params, layout, arch)}
     val_images, val_labels = data.split("val")
     lineage = {
         "data_sha256": data.data_sha256,
         "classes": classes, "image_size": prep["image_size"], "channels": prep["channels"],
         "git_commit": git_commit(), "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runs": runs, "train_seconds": float(sum(t.get("train_seconds", 0) or 0 for t in train_info.values())),
+        "explanations": explanations,
     }
     return register_candidate(params, layout, cand, members, classes, prep, lineage, train_info,
                               np.asarray(val_images), np.asarray(val_labels), parent_run_id)

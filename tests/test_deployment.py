@@ -62,7 +62,7 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
             assert run["parameters"]["overrides"] == TINY
 
         artifacts = {a["key"]: a for a in api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}}, attempts=3)}
-        assert {"leaderboard", "validation-summary", "mlflow-runs"} <= set(artifacts)
+        assert {"leaderboard", "validation-summary", "mlflow-runs", "explanations"} <= set(artifacts)
 
         # Training runs in the `train-zoo` subflow; its per-epoch lines are Prefect logs there.
         subflows = api(env, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}, attempts=3)

@@ -57,6 +57,7 @@ def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_p
                    for a in SMALL["train"]["architectures"]}
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=dvc_repo).stdout)
     assert shown, "dvc metrics show lists the declared metrics"
+    assert (dvc_repo / "outputs/explain/lenet5/gradcam.png").exists()  # explain@lenet5 ran after evaluate@lenet5
 
     # The same params through the Prefect flow, in another folder: the same numbers.
     flow_dir = tmp_path / "flow"

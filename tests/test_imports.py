@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
 
     import numpy as np
     import models
-    from tasks import augment, engine, ensemble, evaluate, ingest, leaderboard, optim, readers, serving, train
+    from tasks import augment, engine, ensemble, evaluate, explain, ingest, leaderboard, optim, readers, serving, train
     from tasks.layout import Layout
     from tasks.params import Params
 

@@ -45,6 +45,10 @@ def test_leaderboard_files_and_order(tmp_path):
     assert csv[0].startswith("rank,arch,family") and len(csv) == 5
     text = format_leaderboard(rows)
     assert "linear" in text and "97.00%" in text and "not trained" in text
+    # A failed explanation is a note on a model whose numbers stand, not a failure.
+    noted = {r["arch"]: r for r in leaderboard(params, layout, notes={"linear": "explain failed: boom"})}
+    assert noted["linear"]["status"] == "ok; explain failed: boom" and noted["linear"]["val_acc"] == 0.97
+    assert noted["knn"]["status"] == "ok"
     # Outputs made with other evaluate params are another run's: no numbers, no ensemble, a stale status.
     stale = leaderboard(load_params(tmp_path / "none.yaml", ["train.architectures=[knn,linear,lenet5]",
                                                              "evaluate.ece_bins=10"]), layout)

@@ -94,7 +94,8 @@ def test_each_run_reports_its_own_numbers_and_reuses_only_its_own_outputs(projec
 
     fourth, states = run_pipeline(archs)
     assert all(states[name] == "Cached" for name in ("ingest", "validate", "augment", "train-knn", "train-linear",
-                                                      "evaluate-knn", "evaluate-linear")), states
+                                                      "evaluate-knn", "evaluate-linear", "explain-knn",
+                                                      "explain-linear")), states
     assert board(fourth) == board(first)
     registered = fourth.result()["registered"]
     assert registered["new"] is False and registered["version"] == third.result()["registered"]["version"]
@@ -102,6 +103,7 @@ def test_each_run_reports_its_own_numbers_and_reuses_only_its_own_outputs(projec
     shutil.rmtree(project / "outputs" / "train" / "knn")
     fifth, states = run_pipeline(archs)
     assert states["train-knn"] == "Completed" and states["train-linear"] == "Cached"
+    assert states["explain-knn"] == "Completed" and states["explain-linear"] == "Cached"  # a new model, new pictures
     assert board(fifth) == board(first)
     assert set(results.rglob("*")) - before == {results / "zooflow-train-linear-planted"}
     assert not marker.exists()
@@ -204,7 +206,8 @@ def test_failing_architecture_leaves_the_others_trained_and_registered(project, 
     # be touched by either.
     broken = ["train.architectures=[knn, lenet5, mlp, linear]",
               "train.overrides={lenet5: {optimizer: {name: adadelta, implementation: fused}}, "
-              "mlp: {optimizer: {lr: 1000}}}", "orchestration.retries=2", "orchestration.retry_delay_seconds=0"]
+              "mlp: {optimizer: {lr: 1000}}}", "orchestration.retries=2", "orchestration.retry_delay_seconds=0",
+              "explain.enabled=false"]  # no pictures: the stage is skipped, and the card says so
     state, states = run_pipeline(broken + ["orchestration.fail_fast=true"])
     assert state.is_failed()
     assert "lenet5" in state.message and "mlp" in state.message and "nothing registered" in state.message
@@ -226,6 +229,7 @@ def test_failing_architecture_leaves_the_others_trained_and_registered(project, 
     state, states = run_pipeline(broken + ["orchestration.fail_fast=false"])
     assert state.is_completed()
     assert states["train-lenet5"] == states["train-mlp"] == "Failed" and states["train-knn"] == "Cached"
+    assert not [name for name in states if name.startswith("explain")] and not (project / "outputs" / "explain").exists()
     summary = state.result()
     assert set(summary["failed"]) == {"lenet5", "mlp"}
     members = json.loads((project / "outputs" / "ensemble" / "members.json").read_text())["member_keys"]
@@ -233,6 +237,7 @@ def test_failing_architecture_leaves_the_others_trained_and_registered(project, 
     version = client.get_model_version_by_alias("digits-classifier", "challenger")
     assert str(version.version) == summary["registered"]["version"]
     assert {m.split(":")[0] for m in version.tags["zooflow.members"].split(",")} <= {"knn", "linear"}
+    assert "no pictures from this run's inputs (explain.enabled: false" in version.description
     runs = client.search_runs([client.get_experiment_by_name("zooflow").experiment_id])
     status = {}
     for run in runs:
