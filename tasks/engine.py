@@ -269,6 +269,7 @@ class Progress:
     def end(self, row: dict) -> None:
         line = (
             f"[train {self.name}] epoch {row['epoch'] + 1}/{self.epochs} "
+            f"{'(classifier only) ' if row.get('backbone_frozen') else ''}"
             f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
             f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s"
@@ -440,7 +441,9 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
     """Train `model` for `tp.epochs` on `train`, keep its best epoch on `val`.
 
     Writes `out/model.pt` (best-val weights) and `out/checkpoint.pt` (every epoch); resumes from the
-    checkpoint when its `fingerprint` matches. Returns history, best, epochs run, stopped, resumed_from.
+    checkpoint when its `fingerprint` matches. Fine-tuning (`tp.finetune`): the backbone frozen for the
+    first epochs (`optim.Freeze`), its own lr after (`optim.param_groups`). Returns history, best, epochs
+    run, stopped, resumed_from.
     """
     n = len(train[1])
     bs = min(tp.batch_size, n)

@@ -401,3 +401,48 @@ def test_vit_position_embeddings_follow_the_patch_grid(tmp_path):
     assert torch.equal(smaller.state_dict()["encoder.layers.encoder_layer_0.mlp.0.weight"],
                        small.state_dict()["encoder.layers.encoder_layer_0.mlp.0.weight"])
     assert smaller(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- warm-started retraining
+
+
+@pytest.mark.slow
+def test_warm_start_flow_retrains_staging_from_its_weights_and_the_gate_decides(story, prefect_harness):
+    """The `warm-start` deployment's flow run: @staging (v1, a LeNet-5) retrained on the embedded digits
+    from its own weights; the new version names v1 as its parent; the gate compared the two."""
+    from flows.pipeline import zoo_pipeline
+
+    folder = story.root / "warm"
+    folder.mkdir()
+    (folder / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    overrides = ["train.epochs=2", "data.limit_per_class=30", "validate.min_per_class=2", "device=cpu",
+                 "evaluate.measure_speed=false", "orchestration.retries=0", f"register.model_name={MODEL}",
+                 f"mlflow.tracking_uri=sqlite:///{story.root / 'mlflow.db'}", "train.progress=off"]
+    with chdir(story.root):
+        summary = zoo_pipeline(params_file=str(folder / "params.yaml"), overrides=overrides, workdir=str(folder),
+                               warm_start="staging")
+    parent = f"models:/{MODEL}/{story.v1}"
+    trained = json.loads((folder / "outputs" / "train" / "lenet5" / "train.json").read_text())
+    assert trained["init"]["from"] == parent and trained["epochs_run"] == 2
+    assert [row["arch"] for row in summary["leaderboard"] if row["status"] == "ok"] == ["lenet5"]  # staging's only
+    registered = summary["registered"]
+    assert registered["new"] is True
+    version = tracking.client(story.pb).get_model_version(MODEL, registered["version"])
+    assert version.tags["zooflow.parent_version"] == parent
+    promoted = summary["promoted"]
+    assert promoted["challenger"] == registered["version"] and promoted["previous"] == story.v1
+    assert "staging_val_accuracy" in promoted["metrics"]  # both scored on the current val split
+
+
+def test_every_deployment_passes_parameters_the_flow_takes():
+    """prefect.yaml's parameters, checked against the flow's signature as `prefect deploy` does."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    flow = load_flow_from_entrypoint("flows/pipeline.py:zoo_pipeline")
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert deployments["warm-start"]["parameters"]["warm_start"] == "staging"
+    for name, deployment in deployments.items():
+        assert deployment["entrypoint"] == "flows/pipeline.py:zoo_pipeline", name
+        flow.validate_parameters(deployment["parameters"])  # raises on an unknown or ill-typed parameter
