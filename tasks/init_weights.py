@@ -15,7 +15,9 @@ the weights' sha256, so moving @staging re-trains. `load_into` puts the weights 
 
 - read with `weights_only=True`: nothing is unpickled;
 - the final classifier keeps its fresh initialisation when the classes differ (their count, or their names
-  where the source knows them), and so do GoogLeNet's auxiliary classifiers when the count differs;
+  where the source knows them: a registered version, torchvision's weights, a zooflow model.pt whose
+  train.json is beside it), or always with `train.finetune.new_head`; so do GoogLeNet's auxiliary
+  classifiers when the count differs;
 - grey <-> RGB: the first convolution (`first_conv`: the first nn.Conv2d the model registers, its stem: conv1
   in the ResNets and GoogLeNet, features.0 in VGG, AlexNet and ZFNet, features.0.0 in EfficientNet,
   features.conv0 in DenseNet, conv_proj, the patch embedding, in ViT) is adapted as timm's
@@ -143,7 +145,16 @@ def resolve(params: Params, layout: Layout, arch: str) -> Source | None:
     path = Path(init).expanduser()
     if not path.is_file():
         raise UserError(f"train.init {init}: no such weights file (a path is read from {Path.cwd()})")
-    return Source(init, "file", path.resolve(), str(path))
+    return Source(init, "file", path.resolve(), str(path), classes=_named_classes(path))
+
+
+def _named_classes(path: Path) -> list[str] | None:
+    """The classes of a zooflow model.pt or checkpoint.pt: its train.json beside it names them."""
+    record = path.parent / "train.json"
+    try:
+        return [str(c) for c in read_json(record)["classes"]] if record.is_file() else None
+    except (ValueError, KeyError, TypeError):  # not zooflow's, or older: the classes are unknown
+        return None
 
 
 def identity(params: Params, layout: Layout, arch: str) -> str | dict:
@@ -244,9 +255,10 @@ def first_conv(model: nn.Module) -> str | None:
     return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def load_into(model: nn.Module, source: Source, arch: str, classes: list[str]) -> dict:
-    """Load `source` into `model` (built for this data), adapting the head, the first convolution and
-    ViT's position embeddings; returns what was done (kept in train.json)."""
+def load_into(model: nn.Module, source: Source, arch: str, classes: list[str], new_head: bool = False) -> dict:
+    """Load `source` into `model` (built for this data), adapting the head (a fresh one when the classes
+    differ, or always with `new_head`), the first convolution and ViT's position embeddings; returns what
+    was done (kept in train.json)."""
     import torch
 
     from tasks.readers import read_weights
@@ -270,12 +282,15 @@ def load_into(model: nn.Module, source: Source, arch: str, classes: list[str]) -
     head = f"{model.classifier_path}." if hasattr(model, "classifier_path") else None
     head_key = f"{head}weight" if head else None
     source_classes = int(state[head_key].shape[0]) if head_key in state else None
-    replace_head = head is not None and (source_classes != len(classes) or (
-        source.classes is not None and [str(c) for c in source.classes] != [str(c) for c in classes]))
+    other_names = source.classes is not None and [str(c) for c in source.classes] != [str(c) for c in classes]
+    replace_head = head is not None and (new_head or source_classes != len(classes) or other_names)
     record["head"] = "kept"
     if replace_head:
         record["head"] = (f"replaced: {source_classes} classes there, {len(classes)} here" if source_classes != len(classes)
-                          else "replaced: the same number of classes, other names")
+                          else "replaced: the same number of classes, other names" if other_names
+                          else "replaced (train.finetune.new_head)")
+    elif source.classes is None:
+        record["head"] = f"kept: {source_classes} classes there and here (their names unknown there)"
 
     stem = first_conv(model)
     merged = {}

@@ -193,6 +193,9 @@ class FinetuneParams(Section):
         1.0, gt=0, le=100,
         description="learning rate of everything but the final classifier: train.optimizer.lr x this (0.1: a "
                     "backbone that moves ten times slower than the new head)")
+    new_head: bool = Field(
+        False, description="true: always start with a fresh final classifier; false: only when the classes differ "
+                           "from the source's (their number, or their names where the source names them)")
 
 
 class TrainParams(Section):

@@ -58,10 +58,12 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     if tp.init != init_weights.SCRATCH:
         if info.trained_by == "fit":
             raise UserError(f"train.init: {arch} is fitted, not trained: it cannot start from weights")
-        start = init_weights.load_into(model, init_weights.resolve(params, layout, arch), arch, data.classes)
+        start = init_weights.load_into(model, init_weights.resolve(params, layout, arch), arch, data.classes,
+                                       new_head=tp.finetune.new_head)
     model = model.to(device)
     common = {"arch": arch, "family": info.family, "params": models.count_params(model), "device": str(device),
-              "run_id": run_id, "model": args, "normalization": {"mean": list(stats.mean), "std": list(stats.std)},
+              "run_id": run_id, "model": args, "classes": data.classes,
+              "normalization": {"mean": list(stats.mean), "std": list(stats.std)},
               "init": start, "finetune": tp.finetune.model_dump()}
     splits = {"train": data.split("train"), "val": data.split("val")}
     if info.trained_by == "fit":

@@ -345,6 +345,26 @@ def test_torchvision_weights_come_from_the_local_cache_only(story, tmp_path, mon
     assert caching.cache_key("train", params, story.b, "resnet18") != key
 
 
+def test_the_head_is_new_when_the_class_names_differ_or_when_asked(story):
+    """A zooflow model.pt names its classes (train.json beside it): the same count, other names, a new head."""
+    lenet = init_weights.resolve(make_params(story.root, init=str(story.a.train("lenet5") / "model.pt")),
+                                 story.a, "lenet5")
+    assert lenet.classes == CLASSES
+    source = torch.load(lenet.path, weights_only=True)
+    letters = [chr(ord("a") + i) for i in range(10)]
+    for classes, new_head, head in ((CLASSES, False, "kept"), (letters, False, "replaced: the same number of "
+                                    "classes, other names"), (CLASSES, True, "replaced (train.finetune.new_head)")):
+        torch.manual_seed(0)
+        model = models.build("lenet5", num_classes=10, in_channels=1, image_size=32)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        record = init_weights.load_into(model, lenet, "lenet5", classes, new_head=new_head)
+        assert record["head"] == head
+        state = model.state_dict()
+        expected = source if head == "kept" else fresh
+        assert torch.equal(state["output.weight"], expected["output.weight"]), head
+        assert torch.equal(state["features.0.weight"], source["features.0.weight"])
+
+
 def test_grey_weights_start_an_rgb_model(story):
     source = init_weights.Source("grey.pt", "file", story.a.train("lenet5") / "model.pt", "grey.pt")
     grey = torch.load(source.path, weights_only=True)
