@@ -23,7 +23,8 @@ lr 0.1, `--source-epochs` epochs. Starts:
 "epochs to X" is the median over seeds of the first epoch whose val accuracy reaches X ("never": within
 `--epochs`); "train loss, epoch 1" is the mean loss of the first epoch's steps.
 
-Measured: see README "Benchmarks" (CPU, one thread, a 2-core machine shared with other busy processes).
+Measured: see README "Benchmarks" (CPU, one thread, a 2-core machine shared with other busy processes;
+CPU seconds per run, the wall time was two to three times that).
 
 Usage: python bench/finetune.py [--task mnist|cifar] [--archs lenet5 resnet20] [--per-class 10 100]
                                 [--seeds 0 1] [--epochs 15] [--source-epochs 15]
