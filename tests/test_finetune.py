@@ -1,6 +1,6 @@
 """Starting from weights that exist, for real: a LeNet-5 trained on one half of the embedded digits and
-registered in a real MLflow registry (sqlite) starts the training on the other half; a ResNet-20 saved
-as a file starts a 5-class task with its backbone frozen; torchvision's file is read from a temporary
+registered in a real MLflow registry (sqlite) starts the training on the other half; a ResNet-20's
+weights saved as a file start a 5-class task with its backbone frozen; torchvision's file is read from a temporary
 torch cache. Tiny sizes, CPU, seconds each."""
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory):
-    """v1: LeNet-5 trained on half A of the digits, registered, @staging. Then on half B (300 images):
+    """v1: LeNet-5 trained on half A of the digits (400 images, 3 epochs), registered, @staging. Then on
+    half B (200 images, 4 epochs):
     once fine-tuned from @staging (an MLflow run of its own), once from scratch; the fine-tune is
-    evaluated and registered as v2. Also a ResNet-20 trained on A, kept as a file."""
+    evaluated and registered as v2. Also a ResNet-20's initial weights as a file (for freezing and
+    mismatches its accuracy does not matter, so it is not trained: seconds saved)."""
     from tasks.evaluate import evaluate
     from tasks.promote import promote_version
     from tasks.register import register
@@ -86,15 +88,18 @@ def story(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("finetune")
     with chdir(root):  # MLflow's local artifact store is ./mlartifacts
-        a = project(root / "a", digits(slice(0, 800), 600))
-        pa = make_params(root)
+        a = project(root / "a", digits(slice(0, 800), 400))
+        pa = make_params(root, epochs=3)
         caching.run_stage("train", train, pa, a, "lenet5", arch="lenet5")
         caching.run_stage("evaluate", evaluate, pa, a, "lenet5", arch="lenet5")
         v1 = register(pa, a)["version"]
         promote_version(pa, MODEL, v1, "staging")
-        caching.run_stage("train", train, make_params(root, "resnet20", epochs=2), a, "resnet20", arch="resnet20")
+        torch.manual_seed(0)
+        resnet20 = root / "resnet20.pt"
+        torch.save(models.build("resnet20", num_classes=10, in_channels=1, image_size=32, **RESNET).state_dict(),
+                   resnet20)
 
-        half_b = digits(slice(800, 1797), 300)
+        half_b = digits(slice(800, 1797), 200)
         b, scratch = project(root / "b", half_b), project(root / "scratch", half_b)
         pb = make_params(root, init=f"models:/{MODEL}@staging")
         tuned = caching.run_stage("train", train_tracked, pb, b, "lenet5", arch="lenet5")
@@ -103,7 +108,7 @@ def story(tmp_path_factory):
         caching.run_stage("evaluate", evaluate, pb, b, "lenet5", arch="lenet5")
         v2 = register(pb, b)["version"]
     return SimpleNamespace(root=root, a=a, b=b, scratch=scratch, pa=pa, pb=pb, v1=v1, v2=v2, tuned=tuned,
-                           key_v1=key_v1)
+                           key_v1=key_v1, resnet20=resnet20)
 
 
 # --------------------------------------------------------------------------- from a registered version
@@ -120,7 +125,7 @@ def test_fine_tuning_from_staging_starts_lower_and_converges_in_fewer_epochs(sto
     def epochs_to(rows: list[dict], acc: float) -> float:
         return next((r["epoch"] + 1 for r in rows if r["val_acc"] >= acc), float("inf"))
 
-    target = 0.9
+    target = 0.85  # scratch reaches it at epoch 2 (0.88), the fine-tune at epoch 1
     assert max(r["val_acc"] for r in scratch) > 0.6  # scratch learns too, only later
     assert epochs_to(tuned, target) < epochs_to(scratch, target), (tuned, scratch)
 
@@ -185,7 +190,7 @@ def test_a_source_that_does_not_fit_fails_with_one_line(story):
     assert re.search(r"not weights of resnet20: \d+ of resnet20's tensors missing there \(first: \S+\); "
                      r"\d+ there that resnet20 lacks \(first: f6\.", one_line(exc)), str(exc.value)
     # The same architecture built otherwise: the tensor and both shapes.
-    wide = make_params(story.root, "resnet20", init=str(story.a.train("resnet20") / "model.pt"),
+    wide = make_params(story.root, "resnet20", init=str(story.resnet20),
                        model_options={"resnet20": {"stem_stride": 2, "widths": [16, 32, 64]}})
     with pytest.raises(UserError) as exc:
         train(wide, story.b, "resnet20")
@@ -220,9 +225,9 @@ def five_digits(story) -> Layout:
 def test_freeze_trains_only_the_new_head_then_everything(story):
     from tasks.train import train
 
-    source = torch.load(story.a.train("resnet20") / "model.pt", weights_only=True)
+    source = torch.load(story.resnet20, weights_only=True)
     layout = five_digits(story)
-    params = make_params(story.root, "resnet20", epochs=3, init=str(story.a.train("resnet20") / "model.pt"),
+    params = make_params(story.root, "resnet20", epochs=3, init=str(story.resnet20), max_steps_per_epoch=2,
                          finetune={"freeze_epochs": 2, "backbone_lr_mult": 0.1})
     seen = []
 
@@ -245,7 +250,7 @@ def test_freeze_trains_only_the_new_head_then_everything(story):
 def test_resume_is_bit_exact_across_the_freeze_boundary(story, tmp_path, monkeypatch):
     from tasks.train import train
 
-    params = make_params(story.root, "resnet20", epochs=4, init=str(story.a.train("resnet20") / "model.pt"),
+    params = make_params(story.root, "resnet20", epochs=3, init=str(story.resnet20), max_steps_per_epoch=2,
                          finetune={"freeze_epochs": 2, "backbone_lr_mult": 0.1},
                          optimizer={"lr": 0.05, "nesterov": True}, ema_decay=0.8)
     prepared = five_digits(story).prepared
@@ -278,7 +283,7 @@ def test_resume_is_bit_exact_across_the_freeze_boundary(story, tmp_path, monkeyp
     for stop in (1, 2):  # inside the frozen epochs, and on the boundary
         run(tmp_path / f"stop{stop}", stop)
         resumed = run(tmp_path / f"stop{stop}", None)
-        assert resumed["epoch"] == whole["epoch"] == 4
+        assert resumed["epoch"] == whole["epoch"] == 3
         for k in whole["model"]:
             assert torch.equal(whole["model"][k], resumed["model"][k]), f"stopped after {stop}: {k}"
         for k in whole["ema"]["module"]:
@@ -435,7 +440,7 @@ def test_warm_start_flow_retrains_staging_from_its_weights_and_the_gate_decides(
     folder = story.root / "warm"
     folder.mkdir()
     (folder / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    overrides = ["train.epochs=2", "data.limit_per_class=30", "validate.min_per_class=2", "device=cpu",
+    overrides = ["train.epochs=2", "train.max_steps_per_epoch=4", "data.limit_per_class=30", "validate.min_per_class=2", "device=cpu",
                  "evaluate.measure_speed=false", "orchestration.retries=0", f"register.model_name={MODEL}",
                  f"mlflow.tracking_uri=sqlite:///{story.root / 'mlflow.db'}", "train.progress=off"]
     with chdir(story.root):
