@@ -37,7 +37,13 @@ def _layout():
 
 
 @app.command()
-def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def run(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+    warm_start: Annotated[Optional[str], typer.Option(
+        "--warm-start", metavar="ALIAS",
+        help="retrain the architectures of register.model_name@ALIAS from its weights (e.g. staging)")] = None,
+) -> None:
     """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
     params = _params(params_file, overrides)  # fail on bad params before Prefect starts
     from tasks import tracking
@@ -49,7 +55,8 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
 
     # The folder is held before Prefect starts: a second run is refused at once, not after the API is up.
     with project_lock(_layout(), "zooflow run", params.orchestration.lock_wait_seconds):
-        state = zoo_pipeline(params_file=str(params_file), overrides=overrides or [], return_state=True)
+        state = zoo_pipeline(params_file=str(params_file), overrides=overrides or [], warm_start=warm_start,
+                             return_state=True)
     if not state.is_completed():
         _failed_run(state)
     summary = state.result()

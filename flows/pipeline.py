@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from tasks import orchestration, tracking
+from tasks import init_weights, orchestration, tracking
 from tasks.augment import augment
 from tasks.ensemble import ensemble
 from tasks.evaluate import evaluate_tracked
@@ -75,17 +75,21 @@ def train_zoo(params: Params, layout: Layout, parent_run_id: str):
 
 @flow(name="zoo-pipeline")
 def zoo_pipeline(
-    params_file: str = "params.yaml", overrides: list[str] | None = None, workdir: str = "."
+    params_file: str = "params.yaml", overrides: list[str] | None = None, workdir: str = ".",
+    warm_start: str | None = None,
 ) -> dict:
     """Run the whole pipeline on the dataset and zoo that `params_file` (plus `-S` style overrides) name.
 
     `params_file` is read from the working directory; `workdir` is the folder the run writes into
-    (data/, outputs/, reports/), one run at a time."""
+    (data/, outputs/, reports/), one run at a time. `warm_start: staging` retrains the architectures of
+    the model at that alias from its weights (`tasks.init_weights.warm_start`), and the gate decides."""
     try:
         params = load_params(Path(params_file), overrides)
         layout = Layout(Path(workdir))
         with project_lock(layout, "the zoo-pipeline flow", params.orchestration.lock_wait_seconds):
             tracking.check_server(params)  # a server that is down: one line now, not minutes of retries per stage
+            if warm_start:
+                params = load_params(Path(params_file), [*(overrides or []), *init_weights.warm_start(params, warm_start)])
             parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
             try:
                 with tracking.ending(params, parent):

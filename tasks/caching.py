@@ -2,7 +2,8 @@
 
 `READS` says, per stage, which params sections, source files and upstream outputs it reads. From it:
 - `cache_key(stage, ...)`: a hash of exactly those inputs as they are now (the params' values, the
-  code's bytes, a digest of each upstream output). What a stage does not read (changing
+  code's bytes, a digest of each upstream output; for train, the weights it starts from, `train.init`
+  resolved: a registry alias by the version it points at now). What a stage does not read (changing
   `train.epochs` for ingest) does not move its key; run-specific things (MLflow ids, the folder) are
   not in it.
 - the stamp: every stage writes `stage.json` into its outputs (the key, the inputs it was made from,
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tasks.files import read_json, sha256_file, write_json
+from tasks.files import read_json, sha256_of, write_json
 from tasks.layout import Layout
 from tasks.params import Params
 
@@ -51,7 +52,8 @@ READS: dict[str, Reads] = {
     "augment": Reads(("seed", "augment"), ("tasks/augment.py",), ("data/prepared",)),
     "train": Reads(
         ("seed", "device", "augment", "train"),
-        ("tasks/train.py", "tasks/engine.py", "tasks/optim.py", "tasks/augment.py", "tasks/distributed.py", "models"),
+        ("tasks/train.py", "tasks/engine.py", "tasks/optim.py", "tasks/augment.py", "tasks/distributed.py",
+         "tasks/init_weights.py", "models"),
         ("data/prepared", "data/augment", "reports/validation"),
     ),
     "evaluate": Reads(
@@ -89,7 +91,8 @@ def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any
     for name in READS[stage].params:
         if name == "train":
             tp = params.train.for_arch(arch)
-            recipe = tp.model_dump(mode="json", exclude={"architectures", "overrides", "model_options",
+            # `init` is keyed by what it resolves to (stage_inputs), not by how params spell it
+            recipe = tp.model_dump(mode="json", exclude={"architectures", "overrides", "model_options", "init",
                                                          *tp.EXECUTION_ONLY})
             out["train"] = {**recipe, "model_options": tp.model_options.get(arch, {})}
         elif name in ("seed", "device"):
@@ -119,16 +122,8 @@ def output_digest(path: str, layout: Layout, arch: str | None) -> str | None:
         return f"{report.get('data_sha256')}:{report.get('success')}"
     if path == "outputs/train/{arch}":
         weights = folder / "model.pt"
-        if not weights.exists():
-            return None
-        st = weights.stat()
-        return _file_sha256(str(weights), st.st_size, st.st_mtime_ns)
+        return sha256_of(weights) if weights.exists() else None
     raise ValueError(f"no digest for {path!r}")
-
-
-@functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is hashed again
-    return sha256_file(path)
 
 
 def source_identity(params: Params) -> dict[str, Any]:
@@ -149,12 +144,20 @@ def stage_inputs(stage: str, params: Params, layout: Layout, arch: str | None = 
                               "outputs": {p: output_digest(p, layout, arch) for p in reads.outputs}}
     if stage == "ingest":
         inputs["source"] = source_identity(params)
+    if stage == "train":  # the weights it starts from: an alias by the version it points at now
+        from tasks import init_weights
+
+        inputs["init"] = init_weights.identity(params, layout, arch)
     return inputs
 
 
 def cache_key(stage: str, params: Params, layout: Layout, arch: str | None = None) -> str:
-    blob = json.dumps(stage_inputs(stage, params, layout, arch), sort_keys=True, default=str)
-    return f"{stage}-{arch or 'all'}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+    return _key(stage_inputs(stage, params, layout, arch))
+
+
+def _key(inputs: dict[str, Any]) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return f"{inputs['stage']}-{inputs['arch'] or 'all'}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
 
 
 # --------------------------------------------------------------------------- the stamp
@@ -198,7 +201,8 @@ def run_stage(stage: str, fn: Callable[..., dict], params: Params, layout: Layou
     """Run the stage function, then stamp its outputs with the key of the inputs it ran on.
 
     The key is taken before the run: what the stage read is what was there when it started."""
-    key, inputs = cache_key(stage, params, layout, arch), stage_inputs(stage, params, layout, arch)
+    inputs = stage_inputs(stage, params, layout, arch)
+    key = _key(inputs)
     summary = fn(params, layout, *args)
     write_json(output_folder(stage, layout, arch) / STAMP, {
         "key": key, "inputs": inputs, "summary": summary,

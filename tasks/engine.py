@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,7 @@ from tasks import augment as aug
 from tasks import distributed
 from tasks.errors import UserError
 from tasks.files import atomic_path
-from tasks.optim import ModelEMA, Schedule, build_optimizer
+from tasks.optim import Freeze, ModelEMA, Schedule, build_optimizer
 from tasks.params import AugmentParams, TrainParams
 
 Log = Callable[[dict[str, float], int], None]
@@ -269,6 +269,7 @@ class Progress:
     def end(self, row: dict) -> None:
         line = (
             f"[train {self.name}] epoch {row['epoch'] + 1}/{self.epochs} "
+            f"{'(classifier only) ' if row.get('backbone_frozen') else ''}"
             f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
             f"lr {row['lr']:.3g} {row['img_per_s']:.0f} img/s"
@@ -390,11 +391,14 @@ def resume(state: TrainState, path: Path, *, fingerprint: str, device: torch.dev
 
 def train_one_epoch(*, state: TrainState, forward: nn.Module, data: DeviceData, augmenter: aug.BatchAugmenter,
                     perm: Tensor, steps: int, batch_size: int, generator: torch.Generator, tp: TrainParams,
-                    device: torch.device, progress: Progress) -> dict:
-    """`steps` optimiser steps over the batches of `perm`; returns the epoch's train loss/acc and timing."""
+                    device: torch.device, progress: Progress, frozen: Sequence[nn.Module] = ()) -> dict:
+    """`steps` optimiser steps over the batches of `perm`; returns the epoch's train loss/acc and timing.
+    The `frozen` modules stay in eval mode (a linear probe: `optim.Freeze`)."""
     model, optimizer, schedule = state.model, state.optimizer, state.schedule
     fmt = memory_format(tp, device)
     model.train()
+    for module in frozen:
+        module.training = False
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     lr = schedule.set_lr(optimizer, state.global_step)
@@ -437,7 +441,9 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
     """Train `model` for `tp.epochs` on `train`, keep its best epoch on `val`.
 
     Writes `out/model.pt` (best-val weights) and `out/checkpoint.pt` (every epoch); resumes from the
-    checkpoint when its `fingerprint` matches. Returns history, best, epochs run, stopped, resumed_from.
+    checkpoint when its `fingerprint` matches. Fine-tuning (`tp.finetune`): the backbone frozen for the
+    first epochs (`optim.Freeze`), its own lr after (`optim.param_groups`). Returns history, best, epochs
+    run, stopped, resumed_from.
     """
     n = len(train[1])
     bs = min(tp.batch_size, n)
@@ -446,7 +452,7 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
         steps = min(steps, tp.max_steps_per_epoch)
 
     model = model.to(memory_format=memory_format(tp, device))
-    state = TrainState(model=model, optimizer=build_optimizer(model, tp.optimizer, device),
+    state = TrainState(model=model, optimizer=build_optimizer(model, tp.optimizer, device, tp.finetune.backbone_lr_mult),
                        schedule=Schedule(tp.schedule, tp.epochs, steps),
                        ema=ModelEMA(model, tp.ema_decay) if tp.ema_decay > 0 else None)
     augmenter = aug.BatchAugmenter(augment, stats, num_classes, device)
@@ -466,20 +472,28 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
                 for row in state.history:
                     log(epoch_metrics(row), row["epoch"])
 
-    forward = compiled(distributed.wrap(model, device), tp, name)  # DDP under torchrun; the model otherwise
-
+    freeze = Freeze(model, tp.finetune.freeze_epochs) if tp.finetune.freeze_epochs else None
+    forward, forward_frozen = None, False
     progress = Progress(tp.progress if main else "off", name, tp.epochs)
     for epoch in range(state.epoch, tp.epochs):
         if state.stopped:
             break
+        frozen = freeze is not None and freeze.frozen(epoch)
+        if forward is None or frozen != forward_frozen:  # DDP takes the parameters that train when it wraps
+            if freeze is not None:
+                freeze.set(frozen)
+            forward, forward_frozen = compiled(distributed.wrap(model, device), tp, name), frozen
         g_cpu, g_dev = epoch_generators(seed, epoch, device)
         # On the device: no copy per step. Under DDP each rank takes its shard of the permutation.
         perm = distributed.shard(torch.randperm(n, generator=g_cpu)).to(device)
         progress.start(epoch, steps)
         row = train_one_epoch(state=state, forward=forward, data=train_data, augmenter=augmenter, perm=perm,
-                              steps=steps, batch_size=bs, generator=g_dev, tp=tp, device=device, progress=progress)
+                              steps=steps, batch_size=bs, generator=g_dev, tp=tp, device=device, progress=progress,
+                              frozen=freeze.modules if frozen else ())
         val = evaluate(state.selected, val_data, stats=stats, batch_size=eval_bs, tp=tp, device=device)
         row = {"epoch": epoch, **row, "val_loss": val["loss"], "val_acc": val["acc"]}
+        if freeze is not None:
+            row["backbone_frozen"] = frozen
         check_diverged(row, num_classes)
         if state.ema is not None:
             raw = evaluate(model, val_data, stats=stats, batch_size=eval_bs, tp=tp, device=device)
@@ -490,6 +504,8 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
         progress.end(row)
         if log is not None:
             log(epoch_metrics(row), epoch)
+    if freeze is not None:
+        freeze.set(False)
     return {"history": state.history, "best": state.best, "epochs_run": len(state.history),
             "stopped_early": state.stopped, "resumed_from_epoch": resumed_from, "ema": state.ema is not None}
 

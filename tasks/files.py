@@ -6,6 +6,7 @@ Every stage writes its outputs through these helpers: a temporary sibling first,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -98,6 +99,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_of(path: str | Path) -> str:
+    """`sha256_file`, remembered while the file keeps its size and modification time (weights are large
+    and their hash is asked for by every cache key)."""
+    st = Path(path).stat()
+    return _sha256_remembered(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_remembered(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is hashed again
+    return sha256_file(path)
 
 
 def _finite(value: Any) -> Any:

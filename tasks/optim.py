@@ -11,34 +11,86 @@ import math
 import torch
 from torch import nn
 
+from tasks.errors import UserError
 from tasks.params import OptimizerParams, ScheduleParams
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
-    """One group, or two when normalisation weights and biases are kept out of weight decay."""
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool, backbone_lr_mult: float = 1.0
+                 ) -> list[dict]:
+    """One group, or two when normalisation weights and biases are kept out of weight decay; each split
+    again into the final classifier and the rest (the backbone, whose lr is `lr_mult` x lr) when
+    `backbone_lr_mult` is not 1. The classifier's groups come first: the lr a run logs is theirs."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not exclude_bn_bias or weight_decay == 0:
-        return [{"params": params, "weight_decay": weight_decay}]
-    no_decay: set[int] = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, _NORM_TYPES) or p.ndim <= 1:
-                no_decay.add(id(p))
-    decay = [p for p in params if id(p) not in no_decay]
-    rest = [p for p in params if id(p) in no_decay]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if rest:
-        groups.append({"params": rest, "weight_decay": 0.0})
-    return groups
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        no_decay: set[int] = set()
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if name == "bias" or isinstance(module, _NORM_TYPES) or p.ndim <= 1:
+                    no_decay.add(id(p))
+        decay = [p for p in params if id(p) not in no_decay]
+        rest = [p for p in params if id(p) in no_decay]
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if rest:
+            groups.append({"params": rest, "weight_decay": 0.0})
+    if backbone_lr_mult == 1.0:
+        return groups
+    head = {id(p) for p in classifier(model).parameters()}
+    split = [{**g, "params": [p for p in g["params"] if id(p) in head], "lr_mult": 1.0} for g in groups]
+    split += [{**g, "params": [p for p in g["params"] if id(p) not in head], "lr_mult": backbone_lr_mult}
+              for g in groups]
+    return [g for g in split if g["params"]]
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The final classifier, through the zoo's `get_classifier` face (fine-tuning needs it)."""
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        raise UserError(f"{type(model).__name__} has no get_classifier(): train.finetune needs the zoo's "
+                        f"classifier faces (models/classifier.py)")
+    return get()
+
+
+class Freeze:
+    """Everything but the final classifier frozen for the first `epochs` epochs: a linear probe on the
+    features it starts from, then the whole network (the schedule of fine-tuning from pretrained weights).
+
+    Frozen means no gradient (requires_grad off: backward stops at the classifier, and the optimiser skips
+    what has none, weight decay included) and eval mode, as torchvision's detection references freeze
+    their backbones' BatchNorm (FrozenBatchNorm2d): BatchNorm normalises with its running statistics and
+    does not update them, dropout inside the frozen part is off. Whether an epoch is frozen depends on the
+    epoch alone, so a resumed run freezes and thaws where an uninterrupted one does."""
+
+    def __init__(self, model: nn.Module, epochs: int):
+        head = classifier(model)
+        head_name = next(name for name, m in model.named_modules() if m is head)
+        inside = {id(p) for p in head.parameters()}
+        self.epochs = epochs
+        # What requires no gradient by design stays so: only the trainable parameters are thawed.
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in inside]
+        # The frozen modules: neither the classifier, nor inside it, nor one that holds it (the model itself,
+        # or the Sequential whose last layer it is: their own forward is the classifier's path).
+        self.modules = [m for name, m in model.named_modules()
+                        if not (name == head_name or name.startswith(f"{head_name}.")
+                                or name == "" or head_name.startswith(f"{name}."))]
+
+    def frozen(self, epoch: int) -> bool:
+        return epoch < self.epochs
+
+    def set(self, frozen: bool) -> None:
+        for p in self.params:
+            p.requires_grad_(not frozen)
 
 
 _FUSED = {"sgd", "adam", "adamw", "adagrad"}  # torch offers fused kernels for these
 
 
-def build_optimizer(model: nn.Module, p: OptimizerParams, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, p.weight_decay, p.exclude_bn_bias_decay)
+def build_optimizer(model: nn.Module, p: OptimizerParams, device: torch.device, backbone_lr_mult: float = 1.0
+                    ) -> torch.optim.Optimizer:
+    groups = param_groups(model, p.weight_decay, p.exclude_bn_bias_decay, backbone_lr_mult)
     impl: dict = {}
     if p.implementation == "fused" or (p.implementation == "auto" and device.type == "cuda" and p.name in _FUSED):
         impl = {"fused": True}
@@ -61,7 +113,7 @@ def build_optimizer(model: nn.Module, p: OptimizerParams, device: torch.device) 
             raise
         opt = kinds[p.name]()  # this torch or device has no fused kernel for it
     for group in opt.param_groups:
-        group["base_lr"] = p.lr
+        group["base_lr"] = p.lr * group.get("lr_mult", 1.0)
     return opt
 
 

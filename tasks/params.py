@@ -182,6 +182,22 @@ class ScheduleParams(Section):
     )
 
 
+class FinetuneParams(Section):
+    """How a run that starts from weights (`train.init`) treats them (tasks/optim.py Freeze, param_groups)."""
+
+    freeze_epochs: int = Field(
+        0, ge=0, le=100_000,
+        description="train only the final classifier for the first N epochs (a linear probe: the rest gets no "
+                    "gradient, its BatchNorm keeps its running statistics), then the whole network; 0: off")
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, le=100,
+        description="learning rate of everything but the final classifier: train.optimizer.lr x this (0.1: a "
+                    "backbone that moves ten times slower than the new head)")
+    new_head: bool = Field(
+        False, description="true: always start with a fresh final classifier; false: only when the classes differ "
+                           "from the source's (their number, or their names where the source names them)")
+
+
 class TrainParams(Section):
     # How a run executes, not what it computes: outside the cache key and the resume fingerprint.
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"resume", "progress", "num_threads", "data_placement"})
@@ -191,6 +207,14 @@ class TrainParams(Section):
         min_length=1,
         description="the zoo to train, by name (`zooflow zoo` lists them)",
     )
+    init: str = Field(
+        "scratch",
+        description="where training starts: scratch (the architecture's own initialisation); models:/NAME@ALIAS "
+                    "or models:/NAME/VERSION (a registered version's weights for this architecture); a weights "
+                    "file (a state dict); or torchvision's pretrained weights by name (IMAGENET1K_V1), for the "
+                    "architectures that are torchvision's",
+    )
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     epochs: int = Field(15, ge=1, le=100_000, description="passes over the train split")
     batch_size: int = Field(128, ge=1, le=1 << 20, description="images per step (the ragged last batch of an epoch is dropped)")
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
@@ -233,6 +257,14 @@ class TrainParams(Section):
         if len(set(names)) != len(names):
             raise ValueError("architectures are listed twice")
         return names
+
+    @field_validator("init")
+    @classmethod
+    def _init_source(cls, init: str) -> str:
+        from tasks.init_weights import source_kind
+
+        source_kind(init)  # raises ValueError naming the forms it takes
+        return init
 
     def for_arch(self, arch: str) -> TrainParams:
         """These params with `overrides[arch]` merged in, validated again."""
@@ -513,6 +545,17 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             params.train.for_arch(arch)
         except ParamsError as exc:
             raise ParamsError(f"{path}: {exc}") from None
+    from tasks.init_weights import check_init
+
+    # train.init for this run's architectures, and wherever a recipe sets its own
+    own_init = {arch for arch, override in params.train.overrides.items() if "init" in override}
+    for arch in sorted({*params.train.architectures, *own_init}):
+        init = params.train.for_arch(arch).init
+        where = f"train.overrides.{arch}.init" if arch in own_init else "train.init"
+        try:
+            check_init(init, arch)
+        except ValueError as exc:
+            raise ParamsError(f"{path}: {where}: {exc}") from None
     channels = params.data.channels or 3
     for arch in sorted({*params.train.architectures, *params.train.model_options, *params.train.overrides}):
         options = params.train.for_arch(arch).model_options.get(arch, {})

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tasks import caching, tracking
+from tasks import caching, init_weights, tracking
 from tasks.errors import UserError
 from tasks.files import read_json, write_json
 from tasks.layout import Layout
@@ -196,11 +196,26 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
               f"momentum {opt.momentum}, weight decay {opt.weight_decay}; schedule {tp.schedule.name}; "
               f"label smoothing {tp.label_smoothing}",
               f"- augmentation: `{params.section('augment')}`",
-              f"- per-architecture overrides: `{tp.overrides}`" if tp.overrides else "- no per-architecture overrides",
-              ""]
-    lines += ["## Lineage", "", f"- git commit: `{lineage['git_commit']}`",
+              f"- per-architecture overrides: `{tp.overrides}`" if tp.overrides else "- no per-architecture overrides"]
+    for arch in cand["members"]:
+        start = train_info.get(arch, {}).get("init")
+        if start:
+            lines.append(f"- {arch} started from `{start['from']}` (train.init `{start['init']}`, weights sha256 "
+                         f"`{start['sha256'][:16]}`); head {start['head']}"
+                         + "".join(f"; {label} {start[key]}" for key, label in (
+                             ("first_conv", "first convolution"), ("position_embedding", "position embeddings"))
+                             if start.get(key)))
+        finetune = train_info.get(arch, {}).get("finetune") or {}
+        if finetune.get("freeze_epochs") or finetune.get("backbone_lr_mult", 1.0) != 1.0:
+            lines.append(f"- {arch} fine-tuned: only the classifier trained for the first "
+                         f"{finetune['freeze_epochs']} epoch(s), then everything, the backbone at "
+                         f"{finetune['backbone_lr_mult']} x lr")
+    lines += ["", "## Lineage", "", f"- git commit: `{lineage['git_commit']}`",
               f"- registered: {lineage['registered_at']}",
-              f"- MLflow runs: {', '.join(f'{a}={r}' for a, r in lineage['runs'].items()) or '-'}", ""]
+              f"- MLflow runs: {', '.join(f'{a}={r}' for a, r in lineage['runs'].items()) or '-'}"]
+    parents = init_weights.lineage_tags({a: train_info.get(a, {}).get("init") for a in cand["members"]})
+    lines += [f"- grew from {parents['zooflow.parent_version']}" if "zooflow.parent_version" in parents
+              else "- no parent version: every member started from scratch or from weights outside the registry", ""]
     return "\n".join(lines)
 
 
@@ -379,6 +394,8 @@ def register_candidate(params: Params, layout: Layout, cand: dict, members: dict
             f"{TAG}parent_run_id": parent_run_id or "",
             f"{TAG}bundle_sha256": sha,
             f"{TAG}eval_status": "passed" if abs(served_acc - cand["val"]["accuracy"]) <= 0.02 else "failed",
+            # where the members started: zooflow.init, and zooflow.parent_version for a registered parent
+            **init_weights.lineage_tags({a: train_info.get(a, {}).get("init") for a in cand["members"]}),
         }
         description = model_card(cand, lineage, train_info, params)
         with server_errors(params, "registering the model"):

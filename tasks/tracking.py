@@ -141,6 +141,10 @@ def log_params(params: Params, run_id: str, values: dict[str, Any]) -> None:
     client(params).log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flat.items()])
 
 
+def set_tags(params: Params, run_id: str, tags: dict[str, str]) -> None:
+    client(params).log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
 def log_metrics(params: Params, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     import time
 

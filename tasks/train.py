@@ -4,11 +4,12 @@ Writes `outputs/train/<arch>/`:
     model.pt        the best-val weights (a plain state_dict: torch.load(..., weights_only=True))
     checkpoint.pt   the last epoch: model, optimizer, schedule, EMA, RNG, epoch, best-so-far, history
     history.json    per epoch: train loss/acc, val loss/acc, lr, img/s, seconds
-    train.json      the summary: arch, params, train_seconds, best_epoch, best_val_acc, device, ...
+    train.json      the summary: arch, params, train_seconds, best_epoch, best_val_acc, device, where it
+                    started (`init`: the source, its sha256, the parent version, what was adapted), ...
     curves.png      loss and accuracy curves
 
-The work is `tasks.engine`'s; this module reads the prepared data, builds the model, writes the
-outputs and, in `train_tracked`, logs the run to MLflow.
+The work is `tasks.engine`'s; this module reads the prepared data, builds the model, starts it from
+`train.init` (`tasks.init_weights`), writes the outputs and, in `train_tracked`, logs the run to MLflow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import sys
 import numpy as np
 
 import models
-from tasks import caching, distributed, engine
+from tasks import caching, distributed, engine, init_weights
+from tasks.errors import UserError
 from tasks.files import write_json
 from tasks.layout import Layout
 from tasks.params import Params, TrainParams
@@ -26,9 +28,11 @@ from tasks.readers import PreparedData, build_model, load_prepared, load_stats
 
 
 def build_args(tp: TrainParams, arch: str, data: PreparedData) -> dict:
-    """How the model is built: the data's sizes and the builder's options (kept in train.json)."""
+    """How the model is built: the data's sizes and the builder's options (kept in train.json); from
+    torchvision's weights, the ImageNet variant (`init_weights.build_options`)."""
+    options = init_weights.build_options(arch, tp.init, dict(tp.model_options.get(arch, {})))
     return {"num_classes": data.num_classes, "in_channels": data.channels, "image_size": data.image_size,
-            "options": dict(tp.model_options.get(arch, {}))}
+            "options": options}
 
 
 def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, log: engine.Log | None = None) -> dict:
@@ -49,9 +53,18 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     args = build_args(tp, arch, data)
 
     engine.seed_everything(params.seed)
-    model = build_model(arch, args).to(device)
+    model = build_model(arch, args)
+    start = None
+    if tp.init != init_weights.SCRATCH:
+        if info.trained_by == "fit":
+            raise UserError(f"train.init: {arch} is fitted, not trained: it cannot start from weights")
+        start = init_weights.load_into(model, init_weights.resolve(params, layout, arch), arch, data.classes,
+                                       new_head=tp.finetune.new_head)
+    model = model.to(device)
     common = {"arch": arch, "family": info.family, "params": models.count_params(model), "device": str(device),
-              "run_id": run_id, "model": args, "normalization": {"mean": list(stats.mean), "std": list(stats.std)}}
+              "run_id": run_id, "model": args, "classes": data.classes,
+              "normalization": {"mean": list(stats.mean), "std": list(stats.std)},
+              "init": start, "finetune": tp.finetune.model_dump()}
     splits = {"train": data.split("train"), "val": data.split("val")}
     if info.trained_by == "fit":
         result = engine.fit_closed_form(model=model, **splits, stats=stats, tp=tp, device=device, out=out)
@@ -120,6 +133,9 @@ def train_tracked(params: Params, layout: Layout, arch: str, parent_run_id: str 
             {k: summary[k] for k in ("best_val_acc", "best_val_loss", "train_seconds", "params", "best_epoch")
              if k in summary},
         )
+        tags = init_weights.lineage_tags({arch: summary.get("init")})
+        if tags:  # where it started: the source, and the registered version it grew from
+            tracking.set_tags(params, run_id, tags)
         out = layout.train(arch)
         for name in ("train.json", "history.json", "curves.png"):
             if (out / name).exists():

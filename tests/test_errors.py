@@ -64,6 +64,15 @@ BAD_PARAMS = [
     ("train.model_options.nope={width: 1}", r"train\.model_options\.nope: unknown architecture"),
     ("train.overrides.lenet5={epochs: 0}", r"train\.overrides\.lenet5\.epochs: Input should be greater than or equal to 1"),
     ("data.image_size=64", r"train\.architectures: lenet5: lenet5 cannot be built at data\.image_size=64"),
+    ("train.init=models:/digits-classifier", r"train\.init: 'models:/digits-classifier' is not a registered "
+                                              r"version: expected models:/NAME@ALIAS or models:/NAME/VERSION$"),
+    ("train.init=models:/digits-classifier@staging", r"train\.init: bayes is fitted, not trained: it cannot start "
+                                                     r"from weights; set the init of the trained architectures only"),
+    ("train.overrides.lenet5.init=IMAGENET1K_V1", r"train\.overrides\.lenet5\.init: lenet5 is not one of torchvision's "
+                                                  r"models, so it has no torchvision weights 'IMAGENET1K_V1'; those exist for: "),
+    ("train.overrides.resnet18.init=IMAGENET1K_V2", r"train\.overrides\.resnet18\.init: resnet18 has no torchvision "
+                                                    r"weights 'IMAGENET1K_V2'; it has: IMAGENET1K_V1$"),
+    ("train.finetune.backbone_lr_mult=0", r"train\.finetune\.backbone_lr_mult: Input should be greater than 0"),
     ("nosuchsection.x=1", r"nosuchsection: unknown key"),
     ("train.epochz=3", r"train\.epochz: unknown key"),
 ]
