@@ -20,8 +20,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _RESULTS = tempfile.mkdtemp(prefix="zooflow-test-prefect-results-")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = _RESULTS
 atexit.register(shutil.rmtree, _RESULTS, True)
-# Two cores are all CI has; tests must not oversubscribe them.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores are all CI has; tests must not oversubscribe them (`make test` runs two pytest-xdist
+# workers: one thread each).
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 @pytest.fixture(autouse=True)
