@@ -55,7 +55,7 @@ READS: dict[str, Reads] = {
         ("data/prepared", "data/augment", "reports/validation"),
     ),
     "evaluate": Reads(
-        ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
+        ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py", "tasks/decode.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
     ),
 }
 STAGES = tuple(READS)
