@@ -19,6 +19,7 @@ Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", "-S", help="override a param: key.path=value (repeatable)")
 ]
 Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as in `zooflow zoo`")]
+Json = Annotated[bool, typer.Option("--json", help="print the stage's whole summary as JSON, not one line")]
 
 
 def _params(params_file: Path, overrides: list[str] | None, check_zoo: bool = True):
@@ -56,13 +57,42 @@ def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = No
     typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
     registered, promoted = summary["registered"], summary["promoted"]
     name = params.register.model_name
-    typer.echo(
-        f"\n{name} version {registered['version']} is @challenger ({registered['why']}); "
-        f"@staging is version {promoted.get('staging')}: {promoted.get('why', '')}\n"
-        f"Next:  mlflow ui --backend-store-uri {tracking.tracking_uri(params)}"
-        f"    # runs, metrics, the model registry\n"
-        f"       zooflow history {name}    # who moved @staging, when and why"
-    )
+    typer.echo(f"\n{name} version {registered['version']} is @challenger: {registered['candidate']} (marked "
+               f"`registered` above; {registered['why']}); @staging is version {promoted.get('staging')}: "
+               f"{promoted.get('why', '')}\n")
+    typer.echo(_next_steps(params, name))
+
+
+def _next_steps(params, name: str) -> str:
+    """Where to look next, as commands that run as printed: from this folder, in a venv activated or not."""
+    from tasks import tracking
+
+    uri = tracking.tracking_uri(params)
+    experiment = tracking.experiment_id(params)
+    if tracking.is_server(params):
+        ui = f"open {uri.rstrip('/')}/#/experiments/{experiment}                # the runs of this pipeline"
+    else:
+        ui = (f"{_tool('mlflow')} ui --backend-store-uri {uri}   # then http://127.0.0.1:5000/#/experiments/"
+              f"{experiment}: the runs (or \"Model training\" at the top left, Experiments > "
+              f"{params.mlflow.experiment}); the registry: \"Model registry\"")
+    return (f"Next:  {ui}\n"
+            f"       {_tool('zooflow')} history {name}   # who moved @staging, when and why\n"
+            f"       {_tool('zooflow')} serve {name}     # REST at http://127.0.0.1:5001/invocations (README: Serving)")
+
+
+def _tool(name: str) -> str:
+    """`name`, a command of this environment, as a user types it: bare when the shell finds this very one
+    (an activated venv), else its path (relative when it lies under the working directory)."""
+    import shutil
+
+    mine = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == mine.resolve():
+        return name
+    try:
+        return str(mine.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _failed_run(state) -> None:
@@ -98,27 +128,27 @@ def _stage(stage: str, fn, params, *args, arch: str | None = None):
 
 
 @app.command()
-def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Prepare the dataset into data/prepared/."""
     from tasks.ingest import ingest as stage
 
-    _echo(_stage("ingest", stage, _params(params_file, overrides, check_zoo=False)))  # no torch: see load_params
+    _done("ingest", _stage("ingest", stage, _params(params_file, overrides, check_zoo=False)), as_json)  # no torch
 
 
 @app.command()
-def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Check data/prepared/ with the Great Expectations suite; reports/validation/."""
     from tasks.validate import validate as stage
 
-    _echo(_stage("validate", stage, _params(params_file, overrides)))
+    _done("validate", _stage("validate", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
-def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Normalisation stats, augmentation policy and preview into data/augment/."""
     from tasks.augment import augment as stage
 
-    _echo(_stage("augment", stage, _params(params_file, overrides)))
+    _done("augment", _stage("augment", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -127,6 +157,7 @@ def train(
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) for one model: DDP via torchrun")] = 1,
+    as_json: Json = False,
 ) -> None:
     """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
     from tasks import distributed
@@ -139,7 +170,7 @@ def train(
 
         if models.available()[arch].trained_by == "fit":
             raise UserError(f"--nproc: {arch} is fitted in one pass, not trained with SGD; run it without --nproc")
-        argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)]
+        argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)] + (["--json"] if as_json else [])
         for override in overrides or []:
             argv += ["--set", override]
         from tasks.lock import project_lock
@@ -152,12 +183,12 @@ def train(
         return
     try:
         if not distributed.launched():
-            _echo({**_stage("train", train_tracked, params, arch, arch=arch), "world_size": 1})
+            _done("train", {**_stage("train", train_tracked, params, arch, arch=arch), "world_size": 1}, as_json)
         elif os.environ.get("RANK", "0") == "0":  # DDP's rank 0: the MLflow run and the stamp (the launcher holds the folder)
             from tasks import caching
 
             summary = caching.run_stage("train", train_tracked, params, layout, arch, arch=arch)
-            _echo({**summary, "world_size": distributed.world_size()})
+            _done("train", {**summary, "world_size": distributed.world_size()}, as_json)
         else:
             train(params, layout, arch)
     finally:
@@ -165,21 +196,22 @@ def train(
 
 
 @app.command()
-def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None,
+             as_json: Json = False) -> None:
     """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
     from tasks.evaluate import evaluate_tracked as stage
 
     params = _params(params_file, overrides)
     _check_arch(params, arch)
-    _echo(_stage("evaluate", stage, params, arch, arch=arch))
+    _done("evaluate", _stage("evaluate", stage, params, arch, arch=arch), as_json)
 
 
 @app.command()
-def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Combine the models' saved logits; chosen on val."""
     from tasks.ensemble import ensemble as stage
 
-    _echo(_stage("ensemble", stage, _params(params_file, overrides)))
+    _done("ensemble", _stage("ensemble", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -191,11 +223,11 @@ def leaderboard(params_file: ParamsFile = Path("params.yaml"), overrides: Overri
 
 
 @app.command()
-def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Register the best model on val as a new version, alias @challenger."""
     from tasks.register import register as stage
 
-    _echo(_stage("register", stage, _params(params_file, overrides)))
+    _done("register", _stage("register", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -205,19 +237,20 @@ def promote(
     to: Annotated[str, typer.Option("--to", help="alias to move: staging or production")] = "staging",
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = None,
+    as_json: Json = False,
 ) -> None:
     """Without arguments: the champion/challenger gate. With NAME VERSION --to ALIAS: a manual move."""
     params = _params(params_file, overrides)
     if name is None:
         from tasks.promote import promote as stage
 
-        _echo(_stage("promote", stage, params))
+        _done("promote", _stage("promote", stage, params), as_json)
         return
     if version is None or to not in ("staging", "production"):
         raise UserError("usage: zooflow promote NAME VERSION --to staging|production")
     from tasks.promote import promote_version
 
-    _echo(promote_version(params, name, version, to))
+    _done("promote_version", {**promote_version(params, name, version, to), "name": name}, as_json)
 
 
 @app.command()
@@ -294,10 +327,49 @@ def _check_arch(params, arch: str) -> None:
         raise UserError(f"--arch {arch!r} is not in train.architectures; allowed: {allowed}")
 
 
-def _echo(summary) -> None:
+def _done(stage: str, summary: dict, as_json: bool = False) -> None:
+    """What a stage command prints: one line (what it made, where), or with --json its whole summary."""
     import json
 
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else _line(stage, summary))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _line(stage: str, s: dict) -> str:
+    if stage == "ingest":
+        counts = ", ".join(f"{split} {n:,}" for split, n in s["counts"].items())
+        bad = f"; {s['bad_files']} bad file(s) skipped, see data/prepared/manifest.csv" if s["bad_files"] else ""
+        return (f"ingest: {sum(s['counts'].values()):,} images ({counts}), {s['num_classes']} classes, "
+                f"{s['image_size']}x{s['image_size']}x{s['channels']}{bad} -> data/prepared/")
+    if stage == "validate":
+        return (f"validate: passed, {s['passed']} of {s['expectations']} expectations met, {s['warnings']} "
+                f"warning(s){': ' + ', '.join(s['warning_checks']) if s['warning_checks'] else ''} "
+                f"-> reports/validation/report.html")
+    if stage == "augment":
+        return (f"augment: {s['train_images']:,} train images; mean {[round(m, 3) for m in s['mean']]}, "
+                f"std {[round(v, 3) for v in s['std']]} -> data/augment/")
+    if stage == "train":
+        how = "fitted" if s.get("trained_by") == "fit" else (
+            f"best of {s['epochs_run']} epochs at epoch {s['best_epoch'] + 1}")
+        return (f"train {s['arch']}: val accuracy {_pct(s['best_val_acc'])} ({how}), {s['params']:,} parameters, "
+                f"{s['train_seconds']:.1f} s on {s['device']} -> outputs/train/{s['arch']}/")
+    if stage == "evaluate":
+        return (f"evaluate {s['arch']}: val accuracy {_pct(s['val_accuracy'])}, test {_pct(s['test_accuracy'])} "
+                f"-> outputs/eval/{s['arch']}/metrics.json")
+    if stage == "ensemble":
+        return (f"ensemble: {s['method']} vote of {len(s['members'])} models, val accuracy {_pct(s['val_accuracy'])}, "
+                f"test {_pct(s['test_accuracy'])} ({100 * s['gain_test_accuracy']:+.2f} pts on test over "
+                f"{s['best_single']}) -> outputs/ensemble/")
+    if stage == "register":
+        return (f"register: {s['name']} version {s['version']} is @challenger: {s['candidate']}, val accuracy "
+                f"{_pct(s['val_accuracy'])} ({s['why']})")
+    if stage == "promote":
+        return f"promote: @staging is version {s['staging']} ({'moved' if s['moved'] else 'kept'}: {s['why']})"
+    return (f"promote: @{s['alias']} is version {s['version']} of {s['name']} "
+            f"({s['why'] if s['moved'] else 'kept: ' + s['why']})")
 
 
 def main() -> None:
@@ -322,7 +394,7 @@ def run_cli() -> int:
 
     debug = os.environ.get("ZOOFLOW_DEBUG", "") not in ("", "0")
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="zooflow")
         return 0
     except typer.Exit as exc:
         return exc.exit_code

@@ -78,6 +78,7 @@ def zoo_pipeline(
             parent = tracking.start_run(params, "zoo-pipeline", tags={"zooflow.params_file": params_file})
             try:
                 with tracking.ending(params, parent):
+                    tracking.log_params(params, parent, params.model_dump(mode="json", by_alias=True))
                     return _stages(params, layout, parent)
             finally:
                 mlflow_runs_artifact(params, layout, parent)
@@ -101,10 +102,12 @@ def _stages(params: Params, layout: Layout, parent: str) -> dict:
         call(ensemble_task, params, layout)
     rows = call(leaderboard_task, params, layout, failed)
     orchestration.leaderboard_artifact(rows)
+    tracking.log_pipeline_results(params, layout, parent, rows)
     summary = {"leaderboard": rows, "registered": None, "promoted": None, "failed": failed}
     if failed and params.orchestration.fail_fast:
         raise ArchitecturesFailed(f"{zoo.message}; nothing registered (orchestration.fail_fast: true)", summary)
     summary["registered"] = call(register_task, params, layout, parent)
+    tracking.log_registered(params, parent, summary["registered"])
     summary["promoted"] = call(promote_task, params, layout)
     if failed:
         logger.warning("completed with %d failed architecture(s) (orchestration.fail_fast: false): %s",

@@ -5,7 +5,8 @@ single model before an ensemble), so rank 1 is the model the register stage take
 any, and the row it takes is marked `registered` (none when a failed run registers nothing).
 Writes `outputs/leaderboard/`: `leaderboard.csv`, `leaderboard.md`, `leaderboard.json` (DVC plots),
 `accuracy_vs_params.png` and `accuracy_vs_flops.png` with the Pareto front (no other model is both
-smaller and more accurate) marked, every model on them. `format_leaderboard(rows)` is the text the CLI
+smaller and more accurate) marked, every model on them, and `curves.png`, every trained model's val
+accuracy by epoch. `format_leaderboard(rows)` is the text the CLI
 prints.
 """
 
@@ -135,14 +136,14 @@ def pareto_front(rows: list[dict], cost: str) -> list[dict]:
     return front
 
 
-def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path | None:
+def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path:
     """Val accuracy against `cost`, every model that has both, the Pareto front marked.
 
     The axis is symmetric-log, so the fitted baselines (kNN, Bayes: 0 trained parameters) sit at 0 on
     it rather than off it; labels are moved apart where they would overlap (adjustText)."""
     points = [r for r in rows if r.get(cost) is not None and r.get("val_acc") is not None]
     if not points:
-        return None
+        return _placeholder(path, f"no model with a val accuracy and {label} in this run")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +181,55 @@ def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path |
     adjust_text(labels, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(layout: Layout, rows: list[dict], path: Path) -> Path:
+    """Val accuracy by epoch of every trained model of this run, one line each (the zoo's training curves)."""
+    histories = {}
+    for row in rows:
+        history = layout.train(row["arch"]) / "history.json"
+        if row.get("status") == "ok" and row["family"] != "ensemble" and history.exists():
+            epochs = [h for h in read_json(history) if h.get("val_acc") is not None]
+            if len(epochs) > 1:  # fitted models have one "epoch": no curve
+                histories[row["arch"]] = epochs
+    if not histories:
+        return _placeholder(path, "no model trained over epochs in this run (fitted models have no curve)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colours = plt.get_cmap("tab20").colors
+    for i, (arch, epochs) in enumerate(histories.items()):
+        ax.plot([h["epoch"] + 1 for h in epochs], [h["val_acc"] for h in epochs], label=arch,
+                color=colours[i % len(colours)], linestyle=("-", "--", ":")[i // len(colours) % 3], linewidth=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy")
+    ax.set_title("training curves: val accuracy by epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _placeholder(path: Path, text: str) -> Path:
+    """A plot file that says why it is empty (DVC expects every declared plot to exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -250,6 +300,7 @@ def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None 
     write_json(folder / "leaderboard.json", [{c: row.get(c) for c in COLUMNS} for row in rows])
     plot_tradeoff(rows, "params", "parameters", folder / "accuracy_vs_params.png")
     plot_tradeoff(rows, "flops", "FLOPs per image", folder / "accuracy_vs_flops.png")
+    plot_curves(layout, rows, folder / "curves.png")
     return rows
 
 
