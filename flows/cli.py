@@ -3,6 +3,7 @@ and the registry's manual steps. Bad input exits 2 with one line naming the key,
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ def _layout():
 def run(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
     """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
     params = _params(params_file, overrides)  # fail on bad params before Prefect starts
+    typer.echo(params.recipe_note())
     from tasks import tracking
 
     tracking.check_server(params)
@@ -265,6 +267,53 @@ def history(
     typer.echo(format_history(alias_history(_params(params_file, overrides), name)))
 
 
+@app.command()
+def serve(
+    name: Annotated[Optional[str], typer.Argument(help="registered model; default: register.model_name")] = None,
+    alias: Annotated[str, typer.Option("--alias", help="the alias (or a version number) to serve")] = "staging",
+    port: Annotated[int, typer.Option("--port", "-p", help="port of the REST API")] = 5001,
+    host: Annotated[str, typer.Option("--host", help="interface to listen on")] = "127.0.0.1",
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Serve a registered model over REST: `mlflow models serve` on NAME@ALIAS (README: Serving)."""
+    from tasks import tracking
+
+    params = _params(params_file, overrides, check_zoo=False)
+    tracking.check_server(params)
+    name = name or params.register.model_name
+    uri = f"models:/{name}/{alias}" if alias.isdigit() else f"models:/{name}@{alias}"
+    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH: this environment's
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    typer.echo(f"serving {uri} at http://{host}:{port}/invocations (POST {{\"inputs\": [uint8 images]}}; "
+               f"README: Serving); Ctrl-C stops it", err=True)
+    os.execve(str(bin_dir / "mlflow"), ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                                       "-h", host, "-p", str(port)], env)
+
+
+@app.command()
+def notify(
+    webhook: Annotated[str, typer.Option("--webhook", help="URL that receives a JSON POST when a run fails")],
+    as_json: Json = False,
+) -> None:
+    """On the Prefect server (PREFECT_API_URL): an automation that POSTs to WEBHOOK when a zoo-pipeline run
+    ends Failed, Crashed or TimedOut (docs/schedule.md)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UserError("notify: no Prefect server to hold the automation; start one and point at it "
+                        "(`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`, docs/schedule.md)")
+    if not webhook.startswith(("http://", "https://")):
+        raise UserError(f"--webhook {webhook!r}: expected an http:// or https:// URL")
+    from tasks.orchestration import failure_notification
+
+    made = failure_notification(webhook)
+    typer.echo(json.dumps(made, indent=2) if as_json else
+               f"automation '{made['automation']}' ({made['id']}): a zoo-pipeline run that ends Failed, Crashed "
+               f"or TimedOut POSTs {{\"subject\", \"body\"}} to {webhook}")
+
+
 @app.command("params")
 def show_params(
     params_file: ParamsFile = Path("params.yaml"),
@@ -329,8 +378,6 @@ def _check_arch(params, arch: str) -> None:
 
 def _done(stage: str, summary: dict, as_json: bool = False) -> None:
     """What a stage command prints: one line (what it made, where), or with --json its whole summary."""
-    import json
-
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else _line(stage, summary))
 
 
