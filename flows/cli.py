@@ -271,7 +271,7 @@ def history(
 def serve(
     name: Annotated[Optional[str], typer.Argument(help="registered model; default: register.model_name")] = None,
     alias: Annotated[str, typer.Option("--alias", help="the alias (or a version number) to serve")] = "staging",
-    port: Annotated[int, typer.Option("--port", "-p", help="port of the REST API")] = 5001,
+    port: Annotated[int, typer.Option("--port", help="port of the REST API")] = 5001,  # -p is --params
     host: Annotated[str, typer.Option("--host", help="interface to listen on")] = "127.0.0.1",
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -84,7 +83,7 @@ def test_serving_resizes_a_raw_image_exactly_as_ingest_did(project):
 
 @pytest.mark.slow
 def test_models_serve_agrees_with_evaluate_image_for_image_and_refuses_bad_input(tmp_path_factory):
-    """`mlflow models serve` on @staging, sent the raw 8 x 8 test digits as JSON integers: the same label
+    """`zooflow serve` (`mlflow models serve`) on @staging, sent the raw 8 x 8 test digits as JSON integers: the same label
     as the evaluate stage gave every image. Floats and 5 channels: HTTP 400 and one short line."""
     state = shared_state(tmp_path_factory, "digits-serving")
     with chdir(state.root):
@@ -93,13 +92,14 @@ def test_models_serve_agrees_with_evaluate_image_for_image_and_refuses_bad_input
     evaluated = np.load(state.layout.eval("linear") / "logits" / "test_logits.npy").argmax(1)
     raw = raw_test_digits(state.layout)
     port = free_port()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    assert shutil.which(mlflow_bin), mlflow_bin
-    cmd = [mlflow_bin, "models", "serve", "-m", "models:/digits-serving@staging", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    # the scoring server execs `uvicorn`: this interpreter's scripts must be on PATH
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(state.params),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # `zooflow serve` as the README runs it: `mlflow models serve` on NAME@staging, this environment's
+    # `uvicorn` put on PATH by the command itself (PATH here has no venv in it)
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "digits-serving", "--port", str(port),
+           "-S", f"mlflow.tracking_uri={tracking.tracking_uri(state.params)}"]
+    env = {"PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                   if Path(p).resolve() != Path(sys.executable).parent.resolve()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}
 
     def post(images) -> tuple[int, dict]:
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
