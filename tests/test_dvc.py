@@ -61,9 +61,9 @@ def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_p
                    for a in SMALL["train"]["architectures"]}
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=dvc_repo).stdout)
     assert shown, "dvc metrics show lists the declared metrics"
-    plots = json.loads(run("dvc", "plots", "show", "--json", cwd=dvc_repo).stdout)
+    plots = json.loads(run("dvc", "plots", "show", "--json", cwd=dvc_repo).stdout)  # {"data": {name: ...}, "errors"}
     assert {"outputs/eval/lenet5/plots/confusion_test.png", "outputs/leaderboard/leaderboard.json",
-            "outputs/leaderboard/curves.png", "outputs/leaderboard/accuracy_vs_params.png"} <= set(plots), set(plots)
+            "outputs/leaderboard/curves.png", "outputs/leaderboard/accuracy_vs_params.png"} <= set(plots["data"]), set(plots["data"])
     assert not plots.get("errors")
 
     # The same params through the Prefect flow, in another folder: the same numbers.
@@ -98,8 +98,11 @@ def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_p
     after = json.loads((dvc_repo / "outputs/eval/lenet5/metrics.json").read_text())
     assert lenet["val.nll"]["old"] == pytest.approx(dvc_metrics["lenet5"]["val"]["nll"])
     assert lenet["val.nll"]["new"] == pytest.approx(after["val"]["nll"]) and lenet["val.nll"]["diff"] != 0
-    assert "outputs/ensemble/metrics.json" in json.loads(run("dvc", "metrics", "show", "--json", "-a",
-                                                               cwd=dvc_repo).stdout)["workspace"]["data"]
+    # every commit's metrics, read back from the cache (`-A`: keyed by commit sha)
+    by_commit = json.loads(run("dvc", "metrics", "show", "--json", "-A", cwd=dvc_repo).stdout)
+    for rev in ("HEAD", "HEAD~1"):
+        sha = run("git", "rev-parse", rev, cwd=dvc_repo).stdout.strip()
+        assert "outputs/ensemble/metrics.json" in by_commit[sha]["data"], by_commit[sha]
     table = json.loads(run("dvc", "exp", "show", "--json", cwd=dvc_repo).stdout)
     head = next(row for row in table if row["rev"] == "workspace")["data"]["metrics"]
     assert head["outputs/eval/lenet5/metrics.json"]["data"]["val"]["nll"] == pytest.approx(after["val"]["nll"])
