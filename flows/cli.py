@@ -3,6 +3,7 @@ and the registry's manual steps. Bad input exits 2 with one line naming the key,
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", "-S", help="override a param: key.path=value (repeatable)")
 ]
 Arch = Annotated[str, typer.Option("--arch", "-a", help="architecture name, as in `zooflow zoo`")]
+Json = Annotated[bool, typer.Option("--json", help="print the stage's whole summary as JSON, not one line")]
 
 
 def _params(params_file: Path, overrides: list[str] | None, check_zoo: bool = True):
@@ -46,6 +48,7 @@ def run(
 ) -> None:
     """Run the whole pipeline as the Prefect flow `zoo-pipeline`."""
     params = _params(params_file, overrides)  # fail on bad params before Prefect starts
+    typer.echo(params.recipe_note())
     from tasks import tracking
 
     tracking.check_server(params)
@@ -63,13 +66,42 @@ def run(
     typer.echo("\n" + format_leaderboard(summary["leaderboard"]))
     registered, promoted = summary["registered"], summary["promoted"]
     name = params.register.model_name
-    typer.echo(
-        f"\n{name} version {registered['version']} is @challenger ({registered['why']}); "
-        f"@staging is version {promoted.get('staging')}: {promoted.get('why', '')}\n"
-        f"Next:  mlflow ui --backend-store-uri {tracking.tracking_uri(params)}"
-        f"    # runs, metrics, the model registry\n"
-        f"       zooflow history {name}    # who moved @staging, when and why"
-    )
+    typer.echo(f"\n{name} version {registered['version']} is @challenger: {registered['candidate']} (marked "
+               f"`registered` above; {registered['why']}); @staging is version {promoted.get('staging')}: "
+               f"{promoted.get('why', '')}\n")
+    typer.echo(_next_steps(params, name))
+
+
+def _next_steps(params, name: str) -> str:
+    """Where to look next, as commands that run as printed: from this folder, in a venv activated or not."""
+    from tasks import tracking
+
+    uri = tracking.tracking_uri(params)
+    experiment = tracking.experiment_id(params)
+    if tracking.is_server(params):
+        ui = f"open {uri.rstrip('/')}/#/experiments/{experiment}                # the runs of this pipeline"
+    else:
+        ui = (f"{_tool('mlflow')} ui --backend-store-uri {uri}   # then http://127.0.0.1:5000/#/experiments/"
+              f"{experiment}: the runs (or \"Model training\" at the top left, Experiments > "
+              f"{params.mlflow.experiment}); the registry: \"Model registry\"")
+    return (f"Next:  {ui}\n"
+            f"       {_tool('zooflow')} history {name}   # who moved @staging, when and why\n"
+            f"       {_tool('zooflow')} serve {name}     # REST at http://127.0.0.1:5001/invocations (README: Serving)")
+
+
+def _tool(name: str) -> str:
+    """`name`, a command of this environment, as a user types it: bare when the shell finds this very one
+    (an activated venv), else its path (relative when it lies under the working directory)."""
+    import shutil
+
+    mine = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == mine.resolve():
+        return name
+    try:
+        return str(mine.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _failed_run(state) -> None:
@@ -105,27 +137,27 @@ def _stage(stage: str, fn, params, *args, arch: str | None = None):
 
 
 @app.command()
-def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def ingest(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Prepare the dataset into data/prepared/."""
     from tasks.ingest import ingest as stage
 
-    _echo(_stage("ingest", stage, _params(params_file, overrides, check_zoo=False)))  # no torch: see load_params
+    _done("ingest", _stage("ingest", stage, _params(params_file, overrides, check_zoo=False)), as_json)  # no torch
 
 
 @app.command()
-def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def validate(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Check data/prepared/ with the Great Expectations suite; reports/validation/."""
     from tasks.validate import validate as stage
 
-    _echo(_stage("validate", stage, _params(params_file, overrides)))
+    _done("validate", _stage("validate", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
-def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def augment(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Normalisation stats, augmentation policy and preview into data/augment/."""
     from tasks.augment import augment as stage
 
-    _echo(_stage("augment", stage, _params(params_file, overrides)))
+    _done("augment", _stage("augment", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -134,6 +166,7 @@ def train(
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) for one model: DDP via torchrun")] = 1,
+    as_json: Json = False,
 ) -> None:
     """Train one architecture into outputs/train/<arch>/, logged to its own MLflow run."""
     from tasks import distributed
@@ -146,7 +179,7 @@ def train(
 
         if models.available()[arch].trained_by == "fit":
             raise UserError(f"--nproc: {arch} is fitted in one pass, not trained with SGD; run it without --nproc")
-        argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)]
+        argv = ["flows.cli", "train", "--arch", arch, "--params", str(params_file)] + (["--json"] if as_json else [])
         for override in overrides or []:
             argv += ["--set", override]
         from tasks.lock import project_lock
@@ -159,12 +192,12 @@ def train(
         return
     try:
         if not distributed.launched():
-            _echo({**_stage("train", train_tracked, params, arch, arch=arch), "world_size": 1})
+            _done("train", {**_stage("train", train_tracked, params, arch, arch=arch), "world_size": 1}, as_json)
         elif os.environ.get("RANK", "0") == "0":  # DDP's rank 0: the MLflow run and the stamp (the launcher holds the folder)
             from tasks import caching
 
             summary = caching.run_stage("train", train_tracked, params, layout, arch, arch=arch)
-            _echo({**summary, "world_size": distributed.world_size()})
+            _done("train", {**summary, "world_size": distributed.world_size()}, as_json)
         else:
             train(params, layout, arch)
     finally:
@@ -172,13 +205,14 @@ def train(
 
 
 @app.command()
-def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def evaluate(arch: Arch, params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None,
+             as_json: Json = False) -> None:
     """Evaluate one trained architecture on val and test into outputs/eval/<arch>/."""
     from tasks.evaluate import evaluate_tracked as stage
 
     params = _params(params_file, overrides)
     _check_arch(params, arch)
-    _echo(_stage("evaluate", stage, params, arch, arch=arch))
+    _done("evaluate", _stage("evaluate", stage, params, arch, arch=arch), as_json)
 
 
 @app.command()
@@ -188,6 +222,7 @@ def explain(
     overrides: Overrides = None,
     images: Annotated[Optional[list[Path]], typer.Option(
         "--images", help="explain these image files instead (repeatable), into outputs/explain-images/<arch>/")] = None,
+    as_json: Json = False,
 ) -> None:
     """What a trained architecture sees: filters, Grad-CAM or attention, occlusion, receptive field, mistakes;
     into outputs/explain/<arch>/, logged to its MLflow run."""
@@ -196,17 +231,17 @@ def explain(
     params = _params(params_file, overrides)
     _check_arch(params, arch)
     if images:
-        _echo(_stage("explain-images", explain_files, params, arch, images))
+        _done("explain-images", _stage("explain-images", explain_files, params, arch, images), as_json)
         return
-    _echo(_stage("explain", explain_tracked, params, arch, arch=arch))
+    _done("explain", _stage("explain", explain_tracked, params, arch, arch=arch), as_json)
 
 
 @app.command()
-def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def ensemble(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Combine the models' saved logits; chosen on val."""
     from tasks.ensemble import ensemble as stage
 
-    _echo(_stage("ensemble", stage, _params(params_file, overrides)))
+    _done("ensemble", _stage("ensemble", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -218,11 +253,11 @@ def leaderboard(params_file: ParamsFile = Path("params.yaml"), overrides: Overri
 
 
 @app.command()
-def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None) -> None:
+def register(params_file: ParamsFile = Path("params.yaml"), overrides: Overrides = None, as_json: Json = False) -> None:
     """Register the best model on val as a new version, alias @challenger."""
     from tasks.register import register as stage
 
-    _echo(_stage("register", stage, _params(params_file, overrides)))
+    _done("register", _stage("register", stage, _params(params_file, overrides)), as_json)
 
 
 @app.command()
@@ -232,19 +267,20 @@ def promote(
     to: Annotated[str, typer.Option("--to", help="alias to move: staging or production")] = "staging",
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = None,
+    as_json: Json = False,
 ) -> None:
     """Without arguments: the champion/challenger gate. With NAME VERSION --to ALIAS: a manual move."""
     params = _params(params_file, overrides)
     if name is None:
         from tasks.promote import promote as stage
 
-        _echo(_stage("promote", stage, params))
+        _done("promote", _stage("promote", stage, params), as_json)
         return
     if version is None or to not in ("staging", "production"):
         raise UserError("usage: zooflow promote NAME VERSION --to staging|production")
     from tasks.promote import promote_version
 
-    _echo(promote_version(params, name, version, to))
+    _done("promote_version", {**promote_version(params, name, version, to), "name": name}, as_json)
 
 
 @app.command()
@@ -257,6 +293,53 @@ def history(
     from tasks.promote import alias_history, format_history
 
     typer.echo(format_history(alias_history(_params(params_file, overrides), name)))
+
+
+@app.command()
+def serve(
+    name: Annotated[Optional[str], typer.Argument(help="registered model; default: register.model_name")] = None,
+    alias: Annotated[str, typer.Option("--alias", help="the alias (or a version number) to serve")] = "staging",
+    port: Annotated[int, typer.Option("--port", help="port of the REST API")] = 5001,  # -p is --params
+    host: Annotated[str, typer.Option("--host", help="interface to listen on")] = "127.0.0.1",
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Serve a registered model over REST: `mlflow models serve` on NAME@ALIAS (README: Serving)."""
+    from tasks import tracking
+
+    params = _params(params_file, overrides, check_zoo=False)
+    tracking.check_server(params)
+    name = name or params.register.model_name
+    uri = f"models:/{name}/{alias}" if alias.isdigit() else f"models:/{name}@{alias}"
+    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH: this environment's
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    typer.echo(f"serving {uri} at http://{host}:{port}/invocations (POST {{\"inputs\": [uint8 images]}}; "
+               f"README: Serving); Ctrl-C stops it", err=True)
+    os.execve(str(bin_dir / "mlflow"), ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                                       "-h", host, "-p", str(port)], env)
+
+
+@app.command()
+def notify(
+    webhook: Annotated[str, typer.Option("--webhook", help="URL that receives a JSON POST when a run fails")],
+    as_json: Json = False,
+) -> None:
+    """On the Prefect server (PREFECT_API_URL): an automation that POSTs to WEBHOOK when a zoo-pipeline run
+    ends Failed, Crashed or TimedOut (docs/schedule.md)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise UserError("notify: no Prefect server to hold the automation; start one and point at it "
+                        "(`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`, docs/schedule.md)")
+    if not webhook.startswith(("http://", "https://")):
+        raise UserError(f"--webhook {webhook!r}: expected an http:// or https:// URL")
+    from tasks.orchestration import failure_notification
+
+    made = failure_notification(webhook)
+    typer.echo(json.dumps(made, indent=2) if as_json else
+               f"automation '{made['automation']}' ({made['id']}): a zoo-pipeline run that ends Failed, Crashed "
+               f"or TimedOut POSTs {{\"subject\", \"body\"}} to {webhook}")
 
 
 @app.command("params")
@@ -321,10 +404,55 @@ def _check_arch(params, arch: str) -> None:
         raise UserError(f"--arch {arch!r} is not in train.architectures; allowed: {allowed}")
 
 
-def _echo(summary) -> None:
-    import json
+def _done(stage: str, summary: dict, as_json: bool = False) -> None:
+    """What a stage command prints: one line (what it made, where), or with --json its whole summary."""
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else _line(stage, summary))
 
-    typer.echo(json.dumps(summary, indent=2, default=str))
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _line(stage: str, s: dict) -> str:
+    if stage == "ingest":
+        counts = ", ".join(f"{split} {n:,}" for split, n in s["counts"].items())
+        bad = f"; {s['bad_files']} bad file(s) skipped, see data/prepared/manifest.csv" if s["bad_files"] else ""
+        return (f"ingest: {sum(s['counts'].values()):,} images ({counts}), {s['num_classes']} classes, "
+                f"{s['image_size']}x{s['image_size']}x{s['channels']}{bad} -> data/prepared/")
+    if stage == "validate":
+        return (f"validate: passed, {s['passed']} of {s['expectations']} expectations met, {s['warnings']} "
+                f"warning(s){': ' + ', '.join(s['warning_checks']) if s['warning_checks'] else ''} "
+                f"-> reports/validation/report.html")
+    if stage == "augment":
+        return (f"augment: {s['train_images']:,} train images; mean {[round(m, 3) for m in s['mean']]}, "
+                f"std {[round(v, 3) for v in s['std']]} -> data/augment/")
+    if stage == "train":
+        how = "fitted" if s.get("trained_by") == "fit" else (
+            f"best of {s['epochs_run']} epochs at epoch {s['best_epoch'] + 1}")
+        return (f"train {s['arch']}: val accuracy {_pct(s['best_val_acc'])} ({how}), {s['params']:,} parameters, "
+                f"{s['train_seconds']:.1f} s on {s['device']} -> outputs/train/{s['arch']}/")
+    if stage == "evaluate":
+        return (f"evaluate {s['arch']}: val accuracy {_pct(s['val_accuracy'])}, test {_pct(s['test_accuracy'])} "
+                f"-> outputs/eval/{s['arch']}/metrics.json")
+    if stage == "explain":
+        if "made" not in s:
+            return f"explain {s['arch']}: skipped ({s['skipped']})"
+        return (f"explain {s['arch']}: {', '.join(s['made'])}; {s['errors']} of {s['n']} images wrong "
+                f"-> outputs/explain/{s['arch']}/")
+    if stage == "explain-images":
+        said = ", ".join(f"{Path(p).name}: {label}" for p, label in s["predicted"].items())
+        return f"explain: {said} -> {s['folder']}"
+    if stage == "ensemble":
+        return (f"ensemble: {s['method']} vote of {len(s['members'])} models, val accuracy {_pct(s['val_accuracy'])}, "
+                f"test {_pct(s['test_accuracy'])} ({100 * s['gain_test_accuracy']:+.2f} pts on test over "
+                f"{s['best_single']}) -> outputs/ensemble/")
+    if stage == "register":
+        return (f"register: {s['name']} version {s['version']} is @challenger: {s['candidate']}, val accuracy "
+                f"{_pct(s['val_accuracy'])} ({s['why']})")
+    if stage == "promote":
+        return f"promote: @staging is version {s['staging']} ({'moved' if s['moved'] else 'kept'}: {s['why']})"
+    return (f"promote: @{s['alias']} is version {s['version']} of {s['name']} "
+            f"({s['why'] if s['moved'] else 'kept: ' + s['why']})")
 
 
 def main() -> None:
@@ -351,7 +479,7 @@ def run_cli() -> int:
     try:
         # Outside standalone mode typer returns a typer.Exit's code (Ctrl-C becomes Exit(130)) instead of
         # raising it: that code is this command's exit status.
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="zooflow")
         code = code if isinstance(code, int) and not isinstance(code, bool) else 0
         if code == 130:
             typer.echo("interrupted: what finished is kept (a training run resumes from its checkpoint)", err=True)

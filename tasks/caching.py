@@ -49,15 +49,17 @@ COMMON_CODE = ("tasks/readers.py",)  # every stage reads its inputs through it
 READS: dict[str, Reads] = {
     "ingest": Reads(("data",), ("tasks/ingest.py", "tasks/sources.py", "tasks/decode.py")),
     "validate": Reads(("validate",), ("tasks/validate.py",), ("data/prepared",)),
-    "augment": Reads(("seed", "augment"), ("tasks/augment.py",), ("data/prepared",)),
+    # `recipes` are merged into augment and train by load_params: the key holds their effective values,
+    # DVC (which reads params.yaml as written) watches the recipes too.
+    "augment": Reads(("seed", "augment", "recipes"), ("tasks/augment.py",), ("data/prepared",)),
     "train": Reads(
-        ("seed", "device", "augment", "train"),
+        ("seed", "device", "augment", "train", "recipes"),
         ("tasks/train.py", "tasks/engine.py", "tasks/optim.py", "tasks/augment.py", "tasks/distributed.py",
          "tasks/init_weights.py", "models"),
         ("data/prepared", "data/augment", "reports/validation"),
     ),
     "evaluate": Reads(
-        ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
+        ("evaluate",), ("tasks/evaluate.py", "tasks/serving.py", "tasks/decode.py"), ("outputs/train/{arch}", "data/prepared", "data/augment")
     ),
     "explain": Reads(
         ("explain",), ("tasks/explain.py", "tasks/evaluate.py", "tasks/serving.py"),
@@ -95,6 +97,8 @@ def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any
             recipe = tp.model_dump(mode="json", exclude={"architectures", "overrides", "model_options", "init",
                                                          *tp.EXECUTION_ONLY})
             out["train"] = {**recipe, "model_options": tp.model_options.get(arch, {})}
+        elif name == "recipes":
+            continue  # already merged into the sections above
         elif name in ("seed", "device"):
             out[name] = getattr(params, name)
         elif name == "explain":

@@ -137,6 +137,13 @@ def _decode(payload: Any, data: bytes | None, size: int, channels: int, max_pixe
                     im = ImageOps.exif_transpose(im)
     except Exception as exc:  # noqa: BLE001
         raise BadImage(f"corrupt or truncated image ({exc})") from None
+    return conform(im, size, channels)
+
+
+def conform(im: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A decoded image as the models see it: `channels` (to_channels), resized to size x size with PIL's
+    bicubic filter (antialiased when shrinking), (S, S, C) uint8. Ingest and the served model both use
+    this, so a model answers a raw image as it was trained on it."""
     im = to_channels(im, channels)
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BICUBIC)

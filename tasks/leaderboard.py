@@ -1,8 +1,13 @@
-"""The leaderboard: one row per architecture (and the ensemble), sorted by val accuracy.
+"""The leaderboard: one row per architecture (and the ensemble), in the order the registry chooses.
 
-Writes `outputs/leaderboard/`: `leaderboard.csv`, `leaderboard.md`, `accuracy_vs_params.png` and
-`accuracy_vs_flops.png` with the Pareto front (no other model is both smaller and more accurate)
-marked. `format_leaderboard(rows)` is the text the CLI prints.
+Rows are sorted by the registry's own rule (`best_candidate`: val accuracy, then val NLL, then a
+single model before an ensemble), so rank 1 is the model the register stage takes when it may take
+any, and the row it takes is marked `registered` (none when a failed run registers nothing).
+Writes `outputs/leaderboard/`: `leaderboard.csv`, `leaderboard.md`, `leaderboard.json` (DVC plots),
+`accuracy_vs_params.png` and `accuracy_vs_flops.png` with the Pareto front (no other model is both
+smaller and more accurate) marked, every model on them, and `curves.png`, every trained model's val
+accuracy by epoch. `format_leaderboard(rows)` is the text the CLI
+prints.
 """
 
 from __future__ import annotations
@@ -14,12 +19,49 @@ from pathlib import Path
 from typing import Any
 
 from tasks import caching
-from tasks.files import atomic_path, read_json, write_text
+from tasks.errors import UserError
+from tasks.files import atomic_path, read_json, write_json, write_text
 from tasks.layout import Layout
 from tasks.params import Params
 
 COLUMNS = ("rank", "arch", "family", "year", "val_acc", "test_acc", "val_nll", "val_ece", "params", "flops",
-           "latency_ms", "train_seconds", "status")
+           "latency_ms", "train_seconds", "status", "registry")
+REGISTERED = "registered"
+
+
+# --------------------------------------------------------------------------- what the registry takes
+
+
+def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
+    """Every registrable candidate with its val/test metrics: single architectures and the ensemble."""
+    out = []
+    if params.register.candidates in ("all", "single"):
+        for arch in caching.current_evaluations(params, layout, params.train.architectures):
+            m = read_json(layout.eval(arch) / "metrics.json")
+            out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
+                        "val": m["val"], "test": m["test"], "params": m.get("params")})
+    ens = layout.ensemble / "members.json"
+    if params.register.candidates in ("all", "ensemble") and ens.exists() and caching.ensemble_is_current(params, layout):
+        chosen = read_json(ens)["chosen"]
+        if len(chosen["weights"]) > 1:
+            out.append({"kind": "ensemble", "name": f"ensemble:{chosen['method']}", "members": chosen["weights"],
+                        "vote": chosen["vote"], "val": chosen["val"], "test": chosen["test"],
+                        "gain_val_accuracy": chosen["gain_val_accuracy"],
+                        "gain_test_accuracy": chosen["gain_test_accuracy"]})
+    return out
+
+
+def choice_key(val_acc: float | None, val_nll: float | None, single: bool) -> tuple:
+    """Higher is better: val accuracy, then lower val NLL, then a single model (simpler to serve)."""
+    return (val_acc if val_acc is not None else -math.inf, -(val_nll if val_nll is not None else math.inf), single)
+
+
+def best_candidate(cands: list[dict]) -> dict:
+    """Chosen on val only (`choice_key`); test is never looked at."""
+    if not cands:
+        raise UserError("register: nothing to register — no architecture evaluated with this run's inputs "
+                        "under outputs/eval/ (run `zooflow evaluate --arch NAME` or `zooflow run` first)")
+    return max(cands, key=lambda c: choice_key(c["val"]["accuracy"], c["val"].get("nll"), c["kind"] == "single"))
 
 
 def _read(path: Path) -> dict:
@@ -94,32 +136,98 @@ def pareto_front(rows: list[dict], cost: str) -> list[dict]:
     return front
 
 
-def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path | None:
-    points = [r for r in rows if r.get(cost) and r.get("val_acc") is not None]
+def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path:
+    """Val accuracy against `cost`, every model that has both, the Pareto front marked.
+
+    The axis is symmetric-log, so the fitted baselines (kNN, Bayes: 0 trained parameters) sit at 0 on
+    it rather than off it; labels are moved apart where they would overlap (adjustText)."""
+    points = [r for r in rows if r.get(cost) is not None and r.get("val_acc") is not None]
     if not points:
-        return None
+        return _placeholder(path, f"no model with a val accuracy and {label} in this run")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    front = pareto_front(points, cost)
+    on_front = {id(r) for r in front}
+    ax.step([r[cost] for r in front], [r["val_acc"] for r in front], where="post", color="red",
+            linewidth=1, label="Pareto front", zorder=1)
+    labels = []
+    for r in points:
+        registered = r.get("registry") == REGISTERED
+        marker = "*" if r["family"] == "ensemble" else "s" if r[cost] == 0 else "o"
+        ax.scatter(r[cost], r["val_acc"], marker=marker, s=120 if marker == "*" else 36, zorder=3,
+                   color="red" if id(r) in on_front else "tab:blue", edgecolors="black" if registered else "none")
+        text = f"{r['arch']} (registered)" if registered else r["arch"]
+        labels.append(ax.text(r[cost], r["val_acc"], text, fontsize=8,
+                              fontweight="bold" if registered else "normal"))
+    top = max(r[cost] for r in points)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(-0.5, max(10.0, top * 3))
+    ax.set_xlabel(f"{label} (symmetric log: 0 for fitted baselines)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(f"val accuracy vs {label}: {len(points)} models")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=[
+        plt.Line2D([], [], color="red", linewidth=1, label="Pareto front (red points)"),
+        plt.Line2D([], [], marker="o", linestyle="", color="tab:blue", label="trained model"),
+        plt.Line2D([], [], marker="s", linestyle="", color="tab:blue", label=f"0 {label}: fitted baseline"),
+        plt.Line2D([], [], marker="*", linestyle="", color="tab:blue", markersize=10, label="ensemble"),
+    ], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    adjust_text(labels, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(layout: Layout, rows: list[dict], path: Path) -> Path:
+    """Val accuracy by epoch of every trained model of this run, one line each (the zoo's training curves)."""
+    histories = {}
+    for row in rows:
+        history = layout.train(row["arch"]) / "history.json"
+        if row.get("status") == "ok" and row["family"] != "ensemble" and history.exists():
+            epochs = [h for h in read_json(history) if h.get("val_acc") is not None]
+            if len(epochs) > 1:  # fitted models have one "epoch": no curve
+                histories[row["arch"]] = epochs
+    if not histories:
+        return _placeholder(path, "no model trained over epochs in this run (fitted models have no curve)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in points:
-        marker = "*" if r["family"] == "ensemble" else "o"
-        ax.scatter(r[cost], r["val_acc"], marker=marker, s=80 if marker == "*" else 30)
-        ax.annotate(r["arch"], (r[cost], r["val_acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(points, cost)
-    ax.step([r[cost] for r in front], [r["val_acc"] for r in front], where="post", color="red",
-            linewidth=1, label="Pareto front")
-    ax.scatter([r[cost] for r in front], [r["val_acc"] for r in front], s=140, facecolors="none",
-               edgecolors="red", linewidths=1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel(label)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colours = plt.get_cmap("tab20").colors
+    for i, (arch, epochs) in enumerate(histories.items()):
+        ax.plot([h["epoch"] + 1 for h in epochs], [h["val_acc"] for h in epochs], label=arch,
+                color=colours[i % len(colours)], linestyle=("-", "--", ":")[i // len(colours) % 3], linewidth=1.2)
+    ax.set_xlabel("epoch")
     ax.set_ylabel("val accuracy")
-    ax.set_title(f"val accuracy vs {label}")
-    ax.legend(loc="best")
+    ax.set_title("training curves: val accuracy by epoch")
     ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _placeholder(path: Path, text: str) -> Path:
+    """A plot file that says why it is empty (DVC expects every declared plot to exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -128,7 +236,7 @@ def plot_tradeoff(rows: list[dict], cost: str, label: str, path: Path) -> Path |
 
 def cell(key: str, value: Any) -> str:
     if value is None:
-        return "-"
+        return "" if key == "registry" else "-"
     if key in ("val_acc", "test_acc"):
         return f"{100 * value:.2f}%"
     if key in ("val_nll", "val_ece"):
@@ -167,7 +275,8 @@ def to_csv(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
 
 def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None = None,
                 notes: dict[str, str] | None = None) -> list[dict]:
-    """Rows for every architecture in params (and the ensemble, if one was made), best val acc first.
+    """Rows for every architecture in params (and the ensemble, if one was made), in the registry's order
+    (`choice_key`; then the smaller model), the registry's pick marked.
 
     `failures` ({arch: reason}) marks architectures whose training or evaluation failed in this run,
     whatever older outputs lie on disk; `notes` ({arch: text}) adds to the status of one that did not
@@ -183,12 +292,28 @@ def leaderboard(params: Params, layout: Layout, failures: dict[str, str] | None 
     extra = ensemble_row(params, layout, rows) if caching.ensemble_is_current(params, layout) else None
     if extra:
         rows.append(extra)
-    rows.sort(key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0), r["params"] or 0))
+    rows.sort(key=lambda r: (*choice_key(r["val_acc"], r["val_nll"], r["family"] != "ensemble"), -(r["params"] or 0)),
+              reverse=True)
+    chosen = registry_choice(params, layout, failures)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
+        row["registry"] = REGISTERED if row["arch"] == chosen else None
     folder = layout.leaderboard
     write_text(folder / "leaderboard.csv", to_csv(rows))
     write_text(folder / "leaderboard.md", markdown(rows))
+    write_json(folder / "leaderboard.json", [{c: row.get(c) for c in COLUMNS} for row in rows])
     plot_tradeoff(rows, "params", "parameters", folder / "accuracy_vs_params.png")
     plot_tradeoff(rows, "flops", "FLOPs per image", folder / "accuracy_vs_flops.png")
+    plot_curves(layout, rows, folder / "curves.png")
     return rows
+
+
+def registry_choice(params: Params, layout: Layout, failures: dict[str, str]) -> str | None:
+    """The candidate the register stage will take (its name), or None when the run registers nothing:
+    nothing evaluated, or a failure under orchestration.fail_fast."""
+    if failures and params.orchestration.fail_fast:
+        return None
+    try:
+        return best_candidate([c for c in candidates(params, layout) if c["name"] not in failures])["name"]
+    except UserError:
+        return None

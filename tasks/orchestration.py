@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def stage_task(fn: Callable, name: str) -> Task:
     is ever read, so nothing is unpickled."""
     if name in caching.STAGES:
         fn = _reusing(fn, name)
+    if name == "train":
+        fn = _epochs_on_the_root_run(fn)
     return task(name=name, cache_policy=NO_CACHE, persist_result=False)(_quiet_user_errors(fn))
 
 
@@ -53,6 +56,48 @@ def _quiet_user_errors(fn: Callable) -> Callable:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+PROGRESS = "[train "  # how the engine's per-epoch lines begin (tasks.engine.Progress)
+
+
+class _ToRootRun(logging.Handler):
+    """Sends this task run's per-epoch lines to the API once more, as logs of the root flow run."""
+
+    def __init__(self, task_run_id: str, root_flow_run_id: str):
+        from prefect.logging.handlers import APILogHandler
+
+        super().__init__()
+        self.task_run_id, self.root = task_run_id, root_flow_run_id
+        self.api = APILogHandler()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(getattr(record, "task_run_id", "")) == self.task_run_id and record.getMessage().startswith(PROGRESS):
+            self.api.emit(logging.makeLogRecord({**record.__dict__, "flow_run_id": self.root}))
+
+
+def _epochs_on_the_root_run(fn: Callable) -> Callable:
+    """Training runs in the `train-zoo` subflow, and a flow run's Logs tab shows only its own logs: the
+    per-epoch lines (printed, and logged by `log_prints`) go to the pipeline's run too."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from prefect.context import TaskRunContext
+        from prefect.runtime import flow_run
+
+        context = TaskRunContext.get()
+        root = flow_run.root_flow_run_id if context else None
+        if context is None or root is None or str(root) == str(context.task_run.flow_run_id):
+            return fn(*args, **kwargs)
+        handler = _ToRootRun(str(context.task_run.id), str(root))
+        logger = logging.getLogger("prefect.task_runs")
+        logger.addHandler(handler)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            logger.removeHandler(handler)
+
+    return run
 
 
 def _reusing(fn: Callable, stage: str) -> Callable:
@@ -272,3 +317,46 @@ def explanations_artifact(params: Params, layout: Layout, rows: list[dict]) -> s
     create_markdown_artifact("\n".join(parts) + "\n", key="explanations",
                              description="what the leaderboard's top models see")
     return "explanations"
+
+
+# --------------------------------------------------------------------------- failure notification
+
+FAILED = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut")
+FAILURE_AUTOMATION = "zoo-pipeline failed"
+
+
+def failure_notification(webhook_url: str, flow_name: str = "zoo-pipeline") -> dict:
+    """Prefect's own mechanism for "tell me when the nightly fails": a notification block (a webhook that
+    receives a JSON `{"subject": ..., "body": ...}` POST) and an automation whose event trigger is a
+    `flow_name` run ending Failed, Crashed or TimedOut. Made again (replaced) when it exists.
+
+    Needs a Prefect server (PREFECT_API_URL): automations run there, not in the ephemeral API."""
+    from prefect.automations import Automation, EventTrigger, Posture, SendNotification
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(name=FAILURE_AUTOMATION, url=webhook_url, method="POST",
+                                           json_data={"subject": "{{subject}}", "body": "{{body}}"})
+    block_id = block.save("zooflow-failure-webhook", overwrite=True)
+    try:
+        Automation.read(name=FAILURE_AUTOMATION).delete()
+    except ValueError:  # not there yet
+        pass
+    automation = Automation(
+        name=FAILURE_AUTOMATION,
+        description=f"a {flow_name} flow run ended Failed, Crashed or TimedOut: POST to the zooflow webhook",
+        trigger=EventTrigger(
+            expect=set(FAILED),
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_name},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=0,
+        ),
+        actions=[SendNotification(
+            block_document_id=block_id,
+            subject="zooflow: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
+            body="{{ flow.name }} run {{ flow_run.name }} (deployment {{ deployment.name }}) ended "
+                 "{{ flow_run.state.name }}: {{ flow_run.state.message }}. {{ flow_run|ui_url }}",
+        )],
+    ).create()
+    return {"automation": automation.name, "id": str(automation.id), "webhook": webhook_url,
+            "block": "custom-webhook/zooflow-failure-webhook", "events": list(FAILED), "flow": flow_name}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from tasks.errors import ParamsError
 
@@ -402,8 +403,25 @@ class Params(Section):
     register: RegisterParams = Field(default_factory=RegisterParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+    recipes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="settings measured on one dataset, merged over `augment` and `train` only when the data is "
+                    "that dataset (key: data.source, or the folder/archive name), under `-S` overrides; "
+                    "other data starts from the sections themselves",
+    )
+    # Which recipe load_params merged in (None: none matched the data); said in the run's output.
+    _recipe: str | None = PrivateAttr(None)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipe_sections(cls, recipes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, recipe in recipes.items():
+            unknown = sorted(set(recipe) - set(RECIPE_SECTIONS))
+            if unknown:
+                raise ValueError(f"{name}: {', '.join(unknown)}: a recipe sets only {' and '.join(RECIPE_SECTIONS)}")
+        return recipes
 
     @model_validator(mode="after")
     def _default_model_name(self) -> Params:
@@ -414,6 +432,23 @@ class Params(Section):
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain data (for cache keys, MLflow params, DVC)."""
         return self.model_dump(mode="json", by_alias=True)[name]
+
+    @property
+    def recipe(self) -> str | None:
+        return self._recipe
+
+    def recipe_note(self) -> str:
+        """One line for the run's output: which recipe these params took for this data, or none."""
+        name = data_name(self.data)
+        if self._recipe:
+            return (f"recipe: recipes.{self._recipe} of the params file (settings measured on that data) merged "
+                    f"over augment and train")
+        return (f"recipe: none for data '{name}' (recipes has: {', '.join(self.recipes) or 'none'}): the general "
+                f"settings of augment and train (the papers' widths, augment.hflip={str(self.augment.hflip).lower()}); "
+                f"tune it with recipes.{name} in the params file")
+
+
+RECIPE_SECTIONS = ("augment", "train")
 
 
 def data_name(data: DataParams) -> str:
@@ -524,11 +559,22 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             raise ParamsError(f"{path}: cannot be read as a params file ({reason}); pass a YAML file") from None
         if not isinstance(raw, dict):
             raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    raw = apply_overrides(raw, overrides or [])
+    base = raw
+    raw = apply_overrides(base, overrides or [])
+    recipe = _matching_recipe(raw)
+    if recipe is not None:  # params.yaml < the data's recipe < -S overrides
+        raw = apply_overrides(_deep_merge(base, raw["recipes"][recipe]), overrides or [])
     try:
         params = Params.model_validate(raw, context={"check_zoo": check_zoo})
     except ValidationError as exc:
         raise ParamsError(f"{path}: {_format(exc)}") from None
+    params._recipe = recipe
+    for name, other in params.recipes.items():  # a recipe for other data is checked too: a typo shows now
+        if name != recipe:
+            try:
+                Params.model_validate(_deep_merge(base, other), context={"check_zoo": False})
+            except ValidationError as exc:
+                raise ParamsError(f"{path}: recipes.{name}: {_format(exc)}") from None
     if not check_zoo:
         return params
     # Recipes for architectures not in this run's list are kept, not refused (`-S train.architectures=
@@ -566,6 +612,22 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
             where = f"train.model_options.{arch}.{exc.option}" if exc.option else f"train.architectures: {arch}"
             raise ParamsError(f"{path}: {where}: {exc}") from None
     return params
+
+
+def _matching_recipe(raw: dict) -> str | None:
+    """The recipe for the data `raw` names: keyed by the folder/archive's name, else by data.source."""
+    recipes = raw.get("recipes")
+    if not isinstance(recipes, dict) or not recipes:
+        return None
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    try:
+        name = data_name(DataParams.model_validate(data))
+    except ValidationError:  # the full validation names the key
+        return None
+    for key in (name, data.get("source", DataParams.model_fields["source"].default)):
+        if key in recipes and isinstance(recipes[key], dict):
+            return key
+    return None
 
 
 BUILD_ARGUMENTS = ("num_classes", "in_channels", "image_size")  # set from the data, never an option

@@ -1,8 +1,8 @@
 """Register the best candidate on val — one architecture or the ensemble — as one MLflow pyfunc model.
 
 The model is `tasks.serving.ZooClassifier` over a bundle (manifest + one `state_dict` per member),
-with `models/` and `tasks/serving.py` shipped as `code_paths`, a signature that takes uint8 images
-of any size, an input example, pinned requirements, a model card as the version's description and
+with `models/`, `tasks/serving.py` and `tasks/decode.py` shipped as `code_paths`, a signature of its
+outputs (the input contract is the model's own: `tasks.serving.as_nhwc`), an input example, pinned requirements, a model card as the version's description and
 lineage tags. The new version gets the alias `challenger`; `tasks.promote` decides about `staging`.
 
 Server mode (`MLFLOW_TRACKING_URI=http://...`): MLflow's HTTP client retries transient errors
@@ -28,6 +28,7 @@ from tasks import caching, init_weights, tracking
 from tasks.errors import UserError
 from tasks.files import read_json, write_json
 from tasks.layout import Layout
+from tasks.leaderboard import best_candidate, candidates  # noqa: F401 - the registry's choice is made there
 from tasks.params import Params
 from tasks.readers import load_prepared, load_trained, preprocessing
 from tasks.serving import BUNDLE_FORMAT, MANIFEST, ZooClassifier
@@ -64,36 +65,6 @@ def server_errors(params: Params, doing: str) -> Iterator[None]:
             raise UserError(f"MLflow server at {tracking.tracking_uri(params)} failed while {doing}: "
                             f"{text.splitlines()[0][:300]}") from None
         raise
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-def candidates(params: Params, layout: Layout) -> list[dict[str, Any]]:
-    """Every registrable candidate with its val/test metrics: single architectures and the ensemble."""
-    out = []
-    if params.register.candidates in ("all", "single"):
-        for arch in caching.current_evaluations(params, layout, params.train.architectures):
-            m = read_json(layout.eval(arch) / "metrics.json")
-            out.append({"kind": "single", "name": arch, "members": {arch: 1.0}, "vote": "soft",
-                            "val": m["val"], "test": m["test"], "params": m.get("params")})
-    ens = layout.ensemble / "members.json"
-    if params.register.candidates in ("all", "ensemble") and ens.exists():
-        chosen = read_json(ens)["chosen"]
-        if len(chosen["weights"]) > 1:
-            out.append({"kind": "ensemble", "name": f"ensemble:{chosen['method']}", "members": chosen["weights"],
-                        "vote": chosen["vote"], "val": chosen["val"], "test": chosen["test"],
-                        "gain_val_accuracy": chosen["gain_val_accuracy"],
-                        "gain_test_accuracy": chosen["gain_test_accuracy"]})
-    return out
-
-
-def best_candidate(cands: list[dict]) -> dict:
-    """Chosen on val only: accuracy, then NLL; a tie goes to the single model (simpler to serve)."""
-    if not cands:
-        raise UserError("register: nothing to register — no architecture evaluated with this run's inputs "
-                        "under outputs/eval/ (run `zooflow evaluate --arch NAME` or `zooflow run` first)")
-    return max(cands, key=lambda c: (c["val"]["accuracy"], -c["val"]["nll"], c["kind"] == "single"))
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -136,12 +107,14 @@ def pinned_requirements() -> list[str]:
     import cloudpickle
     import mlflow
     import pandas
+    import PIL
 
     def pin(name: str, version: str) -> str:
         return f"{name}=={version.split('+')[0]}"
 
     return [pin("mlflow", mlflow.__version__), pin("torch", torch.__version__), pin("numpy", np.__version__),
-            pin("pandas", pandas.__version__), pin("cloudpickle", cloudpickle.__version__)]
+            pin("pandas", pandas.__version__), pin("cloudpickle", cloudpickle.__version__),
+            pin("pillow", PIL.__version__)]
 
 
 def _pct(value: float | None) -> str:
@@ -187,8 +160,9 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
                          f"explanation failed: the leaderboard says why)")
     lines.append("")
     lines += ["## Data", "", f"- data sha256: `{lineage['data_sha256']}`", f"- classes: {lineage['classes']}",
-              f"- input: uint8 images N x H x W x C of any size, resized to {lineage['image_size']} px, "
-              f"{lineage['channels']} channel(s)", ""]
+              f"- input: uint8 images N x H x W x C (C = 1 or 3) or N x H x W, any size, pixel values "
+              f"0..255 (floats are refused); converted to {lineage['channels']} channel(s) and resized to "
+              f"{lineage['image_size']} px as the training data was (PIL bicubic, antialiased)", ""]
     tp = params.train
     opt = tp.optimizer
     lines += ["## Training", "", f"- total train time: {lineage['train_seconds']:.1f} s",
@@ -223,12 +197,12 @@ def model_card(cand: dict, lineage: dict, train_info: dict[str, dict], params: P
 
 
 def _signature(example: np.ndarray, output):
-    """Input: uint8 images N x H x W x C of any N, H, W; output: label, class_name, probabilities."""
+    """Outputs only: label, class_name, probabilities. An input schema would make MLflow cast a JSON
+    request to its dtype before the model sees it (floats in [0, 1] to uint8 zeros); the model checks
+    its input itself (`tasks.serving.as_nhwc`) and refuses what it cannot read, with a 400."""
     from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))])  # any size, grey or RGB
-    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
+    return ModelSignature(outputs=infer_signature(example, output).outputs)
 
 
 MODEL_CODE = '''"""zooflow's served model, logged as code (MLflow "models from code"): nothing is unpickled."""
@@ -244,8 +218,8 @@ def log_pyfunc(params: Params, run_id: str, bundle: Path, example: np.ndarray):
     """Log the pyfunc into run `run_id`; returns MLflow's ModelInfo.
 
     The model is logged as code (a three-line script that builds `ZooClassifier`), not pickled;
-    `tasks/serving.py` travels inside a `tasks` package so it imports as itself when loaded, and
-    `models/` beside it; the weights are state dicts read with `weights_only=True`.
+    `tasks/serving.py` and `tasks/decode.py` (its resize) travel inside a `tasks` package so they import
+    as themselves when loaded, and `models/` beside it; the weights are state dicts read with `weights_only=True`.
     """
     import mlflow
 
@@ -254,7 +228,8 @@ def log_pyfunc(params: Params, run_id: str, bundle: Path, example: np.ndarray):
         package = Path(tmp) / "tasks"
         package.mkdir()
         (package / "__init__.py").write_text('"""zooflow serving code shipped with the model."""\n')
-        (package / "serving.py").write_text((PROJECT / "tasks" / "serving.py").read_text())
+        for module in ("serving.py", "decode.py"):
+            (package / module).write_text((PROJECT / "tasks" / module).read_text())
         script = Path(tmp) / "zooflow_model.py"
         script.write_text(MODEL_CODE)
         with mlflow.start_run(run_id=run_id):

@@ -2,11 +2,15 @@
 
 It wraps one architecture or an ensemble of them. Everything it needs travels with the model: a
 bundle folder (`manifest.json` + one `state_dict` per member, loaded with `weights_only=True`) and,
-through `code_paths`, the `models/` package and this file. It imports neither Prefect nor the rest
-of `tasks/`, so `mlflow.pyfunc.load_model("models:/NAME@staging")` and `mlflow models serve` work
-in a fresh process that has only torch, numpy, pandas and mlflow.
+through `code_paths`, the `models/` package, this file and `tasks/decode.py` (numpy and PIL only). It
+imports neither Prefect nor the rest of `tasks/`, so `mlflow.pyfunc.load_model("models:/NAME@staging")`
+and `mlflow models serve` work in a fresh process that has only torch, numpy, pandas, Pillow and mlflow.
 
-The same `preprocess` is used by `tasks.evaluate`, so what is served is what was measured.
+The input contract (`as_nhwc`): a batch of uint8 images, N x H x W x C with C = 1 or 3, or N x H x W
+(grey), any H x W; over JSON, integers 0..255. Anything else, floats included, is refused with one
+line naming what was expected and what came. An image is converted and resized exactly as ingest
+prepared the training data (`tasks.decode.conform`: PIL, bicubic, antialiased), and `tasks.evaluate`
+measures through the same `preprocess`: what is served is what was measured.
 """
 
 from __future__ import annotations
@@ -17,55 +21,84 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tasks.decode import conform
+
 try:  # the pyfunc base class; evaluate and ensemble use this module without it being needed
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[assignment,misc]
+    MlflowException = None  # type: ignore[assignment,misc]
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
+CONTRACT = "uint8 images N x H x W x C with C = 1 or 3 (or N x H x W, grey), pixel values 0..255"
 
 
-# --------------------------------------------------------------------------- preprocessing
+# --------------------------------------------------------------------------- the input contract
+
+
+class InputError(*((MlflowException, ValueError) if MlflowException else (ValueError,))):
+    """A request the model does not take, in one line. Under MLflow it is a 400 (INVALID_PARAMETER_VALUE).
+
+    MLflow's scoring server rewrites a model's error to `Failed to predict data '<the whole input
+    array>'. Error: ...`; this error keeps its own line (assigning `message` leaves it as it is)."""
+
+    def __init__(self, text: str):
+        self._text = text
+        if MlflowException:
+            super().__init__(text, error_code=INVALID_PARAMETER_VALUE)
+        else:  # pragma: no cover
+            super().__init__(text)
+
+    message = property(lambda self: self._text, lambda self, value: None)
 
 
 def as_nhwc(images: Any) -> np.ndarray:
-    """A batch of images as a 4-d NHWC array: accepts NHWC, NHW (grey) and a single HWC image."""
-    array = np.asarray(images)
-    if array.ndim == 2:  # one grey image
-        array = array[None, :, :, None]
-    elif array.ndim == 3:
-        # HWC with a small channel axis is one colour image; otherwise a batch of grey images.
-        array = array[None] if array.shape[-1] in (1, 3, 4) and array.shape[0] > 4 else array[..., None]
-    if array.ndim != 4:
-        raise ValueError(f"expected a batch of images N x H x W x C, got shape {array.shape}")
-    return array
+    """The batch as uint8 N x H x W x C, checked against the contract; InputError names what is wrong."""
+    try:
+        array = np.asarray(images)
+    except ValueError:  # ragged nested lists
+        raise InputError(f"expected {CONTRACT}, all of one size in a request; got images of different "
+                         f"sizes or shapes") from None
+    got = f"got {array.dtype} of shape {array.shape}"
+    if array.ndim == 3:  # a batch of grey images without a channel axis
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3) or 0 in array.shape[1:3]:
+        raise InputError(f"expected {CONTRACT}; {got}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "iu":  # JSON integers arrive as int64
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 255:
+            raise InputError(f"expected {CONTRACT}; {got} with values in [{low}, {high}]")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        raise InputError(f"expected {CONTRACT}; {got} with values in [{low:g}, {high:g}]: floats are not "
+                         f"taken as pixels (scale to 0..255 and round to uint8)")
+    raise InputError(f"expected {CONTRACT}; {got}")
 
 
 def preprocess(images: Any, image_size: int, channels: int, mean: list[float], std: list[float]) -> Tensor:
-    """Raw images (uint8 N x H x W x C, any H x W) -> normalised float N x C x S x S, on the CPU.
+    """Raw images (the contract of `as_nhwc`, any H x W) -> normalised float N x C x S x S, on the CPU.
 
-    Resizes (bilinear, antialiased) to `image_size`, converts grey <-> RGB to `channels`, scales to
-    [0, 1] and standardises with the training split's per-channel `mean` and `std`.
+    Converts to `channels` and resizes to `image_size` as ingest did (`tasks.decode.conform`), scales
+    to [0, 1] and standardises with the training split's per-channel `mean` and `std`.
     """
+    from PIL import Image
+
     array = as_nhwc(images)
-    if not array.flags.writeable or not array.flags.c_contiguous:  # a memory-mapped split: copy the batch
+    if array.shape[1:] != (image_size, image_size, channels):
+        conformed = [conform(Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im), image_size, channels)
+                     for im in array]
+        array = np.stack(conformed) if conformed else np.zeros((0, image_size, image_size, channels), np.uint8)
+    elif not array.flags.writeable or not array.flags.c_contiguous:  # a memory-mapped split: copy the batch
         array = np.array(array)
-    x = torch.from_numpy(array).permute(0, 3, 1, 2).float()
-    if array.dtype == np.uint8 or (x.numel() and x.max() > 1.0 + 1e-6):  # floats in [0, 1] stay as they are
-        x = x / 255.0
-    if x.shape[1] == 4:  # RGBA: drop alpha
-        x = x[:, :3]
-    if x.shape[1] != channels:
-        if channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        else:
-            x = x.expand(-1, channels, -1, -1)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    x = torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255.0
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s
@@ -114,7 +147,7 @@ def vote(kind: str, probs: np.ndarray, weights: Any = None) -> np.ndarray:
 
 
 class ZooClassifier(PythonModel):
-    """pyfunc: uint8 images N x H x W x C -> DataFrame(label, class_name, probabilities)."""
+    """pyfunc: uint8 images (`as_nhwc`) -> DataFrame(label, class_name, probabilities)."""
 
     def load_context(self, context) -> None:
         self.load_bundle(Path(context.artifacts["bundle"]))
@@ -143,7 +176,7 @@ class ZooClassifier(PythonModel):
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):  # a served JSON of records: one column of images
-            model_input = np.stack([np.asarray(v) for v in model_input.iloc[:, 0]])
+            model_input = [np.asarray(v) for v in model_input.iloc[:, 0]]
         if isinstance(model_input, dict):
             model_input = next(iter(model_input.values()))
         probs = self.predict_proba(model_input)

@@ -79,7 +79,9 @@ def experiment_id(params: Params) -> str:
     location = None
     if tracking_uri(params).startswith("sqlite:"):
         location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-    return c.create_experiment(params.mlflow.experiment, artifact_location=location)
+    # MLflow 3's UI shows a "custom model development" experiment with its runs, not its GenAI pages.
+    return c.create_experiment(params.mlflow.experiment, artifact_location=location,
+                               tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def start_run(params: Params, name: str, parent_run_id: str | None = None, tags: dict | None = None) -> str:
@@ -137,8 +139,9 @@ def _run_file(layout: Layout, arch: str) -> Path:
 
 
 def log_params(params: Params, run_id: str, values: dict[str, Any]) -> None:
-    flat = {k: str(v)[:6000] for k, v in _flatten(values).items()}
-    client(params).log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in flat.items()])
+    flat = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in _flatten(values).items()]
+    for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per request
+        client(params).log_batch(run_id, params=flat[start:start + 100])
 
 
 def set_tags(params: Params, run_id: str, tags: dict[str, str]) -> None:
@@ -165,6 +168,36 @@ def metric_logger(params: Params, run_id: str) -> Callable[[dict[str, float], in
 
 def log_artifact(params: Params, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client(params).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_pipeline_results(params: Params, layout: Layout, run_id: str, rows: list[dict]) -> None:
+    """The pipeline's parent run gets what the run found: per-architecture and best val/test accuracy,
+    the leaderboard (CSV, Markdown, plots) and the validation report (JSON and the offline HTML page)."""
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    metrics = {"architectures": len(params.train.architectures),
+               "failed_architectures": sum(str(r.get("status", "")).startswith("failed") for r in rows)}
+    for row in scored:
+        metrics[f"val_accuracy/{row['arch']}"] = row["val_acc"]
+        if row.get("test_acc") is not None:
+            metrics[f"test_accuracy/{row['arch']}"] = row["test_acc"]
+    if scored:
+        best = scored[0]  # the leaderboard's order: the registry's choice rule
+        metrics.update(best_val_accuracy=best["val_acc"], best_test_accuracy=best.get("test_acc"))
+    log_metrics(params, run_id, metrics)
+    for path in sorted(layout.leaderboard.glob("*")):
+        if path.suffix in (".csv", ".md", ".json", ".png") and path.name != "stage.json":
+            log_artifact(params, run_id, path, "leaderboard")
+    for name in ("result.json", "report.html"):
+        if (layout.validation / name).exists():
+            log_artifact(params, run_id, layout.validation / name, "validation")
+
+
+def log_registered(params: Params, run_id: str, registered: dict) -> None:
+    """Which model the run registered, on the parent run: tags for search, its metrics for charts."""
+    client(params).log_batch(run_id, tags=[mlflow.entities.RunTag(f"zooflow.registered.{k}", str(registered[k]))
+                                           for k in ("name", "version", "candidate", "new") if k in registered])
+    log_metrics(params, run_id, {"registered_val_accuracy": registered.get("val_accuracy"),
+                                 "registered_test_accuracy": registered.get("test_accuracy")})
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,9 +8,10 @@ The dataset is turned into tables that GX checks with its own expectations:
 - `splits`, one row per split: its size and class imbalance ratio.
 
 Every check (`CHECKS`) is one or more GX expectations tagged with the check's name and severity
-(`validate.severity` overrides the default). The result JSON and the Data Docs HTML go to
-`reports/validation/`; a failed blocking check raises `DataError` naming the checks and the first
-offending images, after the report is written.
+(`validate.severity` overrides the default). The result JSON, the Data Docs HTML and `report.html` go
+to `reports/validation/`; a failed blocking check raises `DataError` naming the checks and the first
+offending images, after the report is written. GX's Data Docs load their styles and scripts from
+CDNs; `report.html` is the same result in one self-contained file that opens offline.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tasks.errors import DataError  # noqa: E402
-from tasks.files import atomic_dir, write_json  # noqa: E402
+from tasks.files import atomic_dir, write_json, write_text  # noqa: E402
 from tasks.readers import SPLITS, PreparedData, load_prepared  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.params import VALIDATION_CHECKS, Params  # noqa: E402
@@ -274,6 +275,7 @@ def validate(params: Params, layout: Layout) -> dict:
             "gx_results": [r.describe_dict() for r in results],
         }
         write_json(tmp / "result.json", report)
+        write_text(tmp / "report.html", static_report(report))
         table.to_csv(tmp / "images.csv", index=False)  # the per-image table, for a look in a spreadsheet
     summary = {
         "success": not blocking,
@@ -284,11 +286,48 @@ def validate(params: Params, layout: Layout) -> dict:
         "blocking_failed": blocking,
         "warning_checks": warnings,
         "report": str(layout.validation / "result.json"),
+        "html": str(layout.validation / "report.html"),
         "seconds": round(time.perf_counter() - started, 3),
     }
     if blocking:
         raise DataError(_failure_message(failed, layout))
     return summary
+
+
+_STYLE = """body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top;font-size:90%}
+th{background:#f3f3f3}.pass{color:#17692b}.fail{color:#b00020;font-weight:bold}.warn{color:#9a6700}"""
+
+
+def static_report(report: dict) -> str:
+    """The validation result as one HTML file with its style inline: no network, no scripts."""
+    import html
+
+    def verdict(ok: bool, severity: str) -> str:
+        return '<span class="pass">pass</span>' if ok else (
+            '<span class="fail">FAIL</span>' if severity == "blocking" else '<span class="warn">warning</span>')
+
+    checks = pd.DataFrame([{"check": name, "severity": c["severity"], "result": verdict(c["success"], c["severity"]),
+                            "what it guards": html.escape(c["why"])} for name, c in report["checks"].items()])
+    expectations = pd.DataFrame([{
+        "check": r["check"], "table": r["table"], "expectation": r["expectation"],
+        "result": verdict(r["success"], r["severity"]),
+        "observed": html.escape(", ".join(f"{k}={v}" for k, v in r["observed"].items())),
+        "first offending": html.escape("; ".join(", ".join(f"{k}={v}" for k, v in o.items() if v not in ("", None))
+                                                 for o in r["first_offending"][:5])),
+    } for r in report["expectations"]])
+    counts = ", ".join(f"{split}: {n}" for split, n in report["counts"].items())
+    state = "passed" if report["success"] else "FAILED: " + ", ".join(report["blocking_failed"])
+    met = sum(r["success"] for r in report["expectations"])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>zooflow data validation</title>"
+            f"<style>{_STYLE}</style></head><body><h1>Data validation: {html.escape(state)}</h1>"
+            f"<p>{met} of {len(report['expectations'])} Great Expectations expectations met; "
+            f"warnings: {html.escape(', '.join(report['warnings']) or 'none')}. Images per split: {counts}. "
+            f"Data sha256 <code>{report['data_sha256']}</code>.</p><h2>Checks</h2>"
+            f"{checks.to_html(index=False, escape=False, border=0)}<h2>Expectations</h2>"
+            f"{expectations.to_html(index=False, escape=False, border=0)}"
+            f"<p>Great Expectations' own Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a> "
+            f"(their styles and scripts come from CDNs).</p></body></html>\n")
 
 
 def _failure_message(failed: list[dict], layout: Layout) -> str:

@@ -34,12 +34,14 @@ def test_manual_promotion_to_production_and_the_history(state, monkeypatch, caps
     store = ["-S", f"mlflow.tracking_uri=sqlite:///{state.root / 'mlflow.db'}"]
     with chdir(state.root):
         version = register_arch(state, "linear", params=state.params)["version"]
-        code, out, err = zooflow(monkeypatch, capsys, "promote", "digits-cli", version, "--to", "production", *store)
+        code, out, err = zooflow(monkeypatch, capsys, "promote", "digits-cli", version, "--to", "production", "--json",
+                                 *store)
         assert code == 0, err
         moved = json.loads(out)
         assert moved["moved"] is True and moved["alias"] == "production" and moved["version"] == version
+        # without --json: one line; already there: kept, and audited
         code, out, _ = zooflow(monkeypatch, capsys, "promote", "digits-cli", version, "--to", "production", *store)
-        assert code == 0 and json.loads(out)["moved"] is False  # already there: kept, and audited
+        assert code == 0 and out.startswith(f"promote: @production is version {version} of digits-cli (kept: ")
         code, _, err = zooflow(monkeypatch, capsys, "promote", "digits-cli", "999", "--to", "production", *store)
         assert code == 2 and err == [f"error: model 'digits-cli' has no version 999; versions: {version}"]
         code, out, _ = zooflow(monkeypatch, capsys, "history", "digits-cli", *store)

@@ -52,7 +52,7 @@ def cli_env(project: Path, hook: Path | None = None) -> dict[str, str]:
 
 
 def train_cmd() -> list[str]:
-    cmd = [sys.executable, "-m", "flows.cli", "train", "--arch", "lenet5", "--nproc", "2"]
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--arch", "lenet5", "--nproc", "2", "--json"]
     for override in SMALL:
         cmd += ["-S", override]
     return cmd

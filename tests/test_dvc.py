@@ -52,12 +52,20 @@ def dvc_repo(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_path, monkeypatch, prefect_harness):
-    run("dvc", "repro", cwd=dvc_repo)
+    repro = run("dvc", "repro", cwd=dvc_repo)
+    # Each stage says in one line what it made (no JSON summaries): the stages' lines, DVC's own, no more.
+    assert "evaluate lenet5: val accuracy" in repro.stdout and "register: digits-classifier version 1" in repro.stdout
+    assert not [line for line in repro.stdout.splitlines() if line.strip().startswith(("{", "}", '"'))]
+    assert len(repro.stdout.splitlines()) < 120, repro.stdout
     dvc_metrics = {a: json.loads((dvc_repo / f"outputs/eval/{a}/metrics.json").read_text())
                    for a in SMALL["train"]["architectures"]}
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=dvc_repo).stdout)
     assert shown, "dvc metrics show lists the declared metrics"
     assert (dvc_repo / "outputs/explain/lenet5/gradcam.png").exists()  # explain@lenet5 ran after evaluate@lenet5
+    plots = json.loads(run("dvc", "plots", "show", "--json", cwd=dvc_repo).stdout)  # {"data": {name: ...}, "errors"}
+    assert {"outputs/eval/lenet5/plots/confusion_test.png", "outputs/leaderboard/leaderboard.json",
+            "outputs/leaderboard/curves.png", "outputs/leaderboard/accuracy_vs_params.png"} <= set(plots["data"]), set(plots["data"])
+    assert not plots.get("errors")
 
     # The same params through the Prefect flow, in another folder: the same numbers.
     flow_dir = tmp_path / "flow"
@@ -81,6 +89,30 @@ def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_p
     stale = set(json.loads(run("dvc", "status", "--json", cwd=dvc_repo).stdout))
     assert {"train@knn", "train@lenet5"} <= stale
     assert not stale & {"ingest", "validate", "augment"}
+
+    # The metrics travel with the commits (dvc.lock + the cache): `dvc metrics diff` across two commits.
+    commit("2 epochs", dvc_repo)
+    run("dvc", "repro", cwd=dvc_repo)
+    commit("3 epochs", dvc_repo)
+    diff = json.loads(run("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=dvc_repo).stdout)
+    lenet = diff["outputs/eval/lenet5/metrics.json"]
+    after = json.loads((dvc_repo / "outputs/eval/lenet5/metrics.json").read_text())
+    assert lenet["val.nll"]["old"] == pytest.approx(dvc_metrics["lenet5"]["val"]["nll"])
+    assert lenet["val.nll"]["new"] == pytest.approx(after["val"]["nll"]) and lenet["val.nll"]["diff"] != 0
+    # every commit's metrics, read back from the cache (`-A`: keyed by commit sha)
+    by_commit = json.loads(run("dvc", "metrics", "show", "--json", "-A", cwd=dvc_repo).stdout)
+    for rev in ("HEAD", "HEAD~1"):
+        sha = run("git", "rev-parse", rev, cwd=dvc_repo).stdout.strip()
+        assert "outputs/ensemble/metrics.json" in by_commit[sha]["data"], by_commit[sha]
+    table = json.loads(run("dvc", "exp", "show", "--json", cwd=dvc_repo).stdout)
+    head = next(row for row in table if row["rev"] == "workspace")["data"]["metrics"]
+    assert head["outputs/eval/lenet5/metrics.json"]["data"]["val"]["nll"] == pytest.approx(after["val"]["nll"])
+
     params["data"]["image_size"] = 28
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "ingest" in set(json.loads(run("dvc", "status", "--json", cwd=dvc_repo).stdout))
+
+
+def commit(message: str, repo: Path) -> None:
+    run("git", "add", "-A", cwd=repo)
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, cwd=repo)

@@ -221,7 +221,7 @@ def test_your_own_images_are_explained_beside_the_stage(corner, tmp_path, monkey
         out, err = capsys.readouterr()
         return code, out, [line for line in err.splitlines() if line.strip()]
 
-    code, out, err = zooflow(*[arg for p in paths for arg in ("--images", str(p))])
+    code, out, err = zooflow(*[arg for p in paths for arg in ("--images", str(p))], "--json")
     assert code == 0, err
     summary = json.loads(out)
     folder = layout.root / "outputs" / "explain-images" / "resnet20"

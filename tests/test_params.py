@@ -90,3 +90,25 @@ def test_recipes_for_other_architectures_do_not_block_a_narrower_run(project):
     assert params.train.architectures == ["knn"]
     with pytest.raises(ParamsError, match="train.overrides.lenett5: unknown architecture"):
         load_params("params.yaml", ["train.overrides={lenett5: {epochs: 2}}"])
+
+
+def test_recipes_apply_only_to_their_data(project):
+    """params.yaml's digits recipe (narrow widths, no flips) is the digits'; a folder of natural images
+    starts from the general settings (the papers' widths, flips), and the run's note says which."""
+    digits = load_params("params.yaml")
+    assert digits.recipe == "digits" and digits.augment.hflip is False
+    assert digits.train.for_arch("resnet20").model_options["resnet20"]["widths"] == [8, 16, 32]
+    assert digits.recipe_note().startswith("recipe: recipes.digits")
+    pets = load_params("params.yaml", ["data.source=folder", "data.path=/data/pets"])
+    assert pets.recipe is None and pets.augment.hflip is True and "resnet20" not in pets.train.model_options
+    assert pets.train.for_arch("vit_tiny_patch4").optimizer.name == "adamw"  # general: transformers take AdamW
+    assert "none for data 'pets'" in pets.recipe_note() and "recipes.pets" in pets.recipe_note()
+    # A recipe named after the folder applies to it; -S overrides beat any recipe.
+    named = load_params("params.yaml", ["data.source=folder", "data.path=/data/pets", "recipes.pets={augment: {cutout: 8}}",
+                                        "augment.hflip=false"])
+    assert named.recipe == "pets" and named.augment.cutout == 8 and named.augment.hflip is False
+    assert load_params("params.yaml", ["augment.hflip=true"]).augment.hflip is True
+    with pytest.raises(ParamsError, match=r"recipes\.cifar10: train\.epochz: unknown key"):
+        load_params("params.yaml", ["recipes.cifar10={train: {epochz: 3}}"])
+    with pytest.raises(ParamsError, match="a recipe sets only augment and train"):
+        load_params("params.yaml", ["recipes.cifar10={data: {image_size: 64}}"])

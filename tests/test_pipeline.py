@@ -75,3 +75,18 @@ def test_pipeline_registers_and_promotes_a_model_that_works(project, prefect_har
     experiment = client.get_experiment_by_name("zooflow").experiment_id
     statuses = [(r.info.run_name, r.info.status) for r in client.search_runs([experiment])]
     assert len(statuses) >= 5 and {status for _, status in statuses} == {"FINISHED"}, statuses
+
+    # The pipeline's parent run carries the run: its params, what it found, the leaderboard and the
+    # validation report; the architectures' runs are its children. MLflow 3's UI shows its runs.
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.search_runs([experiment], "tags.`mlflow.runName` = 'zoo-pipeline'", order_by=["start_time ASC"])[0]
+    assert parent.data.params["train.epochs"] == "4" and parent.data.params["data.source"] == "digits"
+    assert parent.data.metrics["val_accuracy/lenet5"] == rows["lenet5"]["val_acc"]
+    assert parent.data.metrics["best_val_accuracy"] == summary["leaderboard"][0]["val_acc"]
+    assert parent.data.metrics["registered_val_accuracy"] == summary["registered"]["val_accuracy"]
+    assert parent.data.tags["zooflow.registered.version"] == str(staging.version)
+    logged = {f.path for folder in ("leaderboard", "validation") for f in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"leaderboard/leaderboard.csv", "leaderboard/accuracy_vs_params.png", "validation/result.json",
+            "validation/report.html"} <= logged
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {"knn", "lenet5"} <= {r.info.run_name for r in children}

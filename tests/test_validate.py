@@ -47,6 +47,9 @@ def test_clean_dataset_passes(prepared, tmp_path):
     assert (prepared.validation / "data_docs" / "index.html").exists()
     assert list((prepared.validation / "data_docs" / "validations").rglob("*.html"))
     json.dumps(summary)
+    page = (prepared.validation / "report.html").read_text()  # the result, offline: nothing fetched
+    assert "Data validation: passed" in page and "no_test_leakage" in page
+    assert "http" not in page.replace("data_docs/index.html", "") and "<script" not in page
 
 
 def test_leakage_fails(prepared, tmp_path):
@@ -58,6 +61,8 @@ def test_leakage_fails(prepared, tmp_path):
     assert "no_test_leakage" in message and "split=test, index=3" in message and "split=train, index=7" in message
     result = report(prepared)
     assert not result["success"] and result["blocking_failed"] == ["no_test_leakage"]
+    page = (prepared.validation / "report.html").read_text()
+    assert "FAILED: no_test_leakage" in page and "split=test, index=3" in page
 
 
 def test_leakage_as_warning_passes(prepared, tmp_path):
