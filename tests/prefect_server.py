@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def server_env(home: Path, port: int, project: Path) -> dict[str, str]:
     env = dict(os.environ)
-    for key in [k for k in env if k.startswith("PREFECT_")]:
+    for key in [k for k in env if k.startswith(("PREFECT_", "MLFLOW_"))]:
         del env[key]  # nothing from a test harness or the user's profile leaks in
     env.update(
         PREFECT_HOME=str(home),

@@ -132,7 +132,8 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
         assert any("[train lenet5] epoch 1/1" in log["message"] for log in logs)
         assert any(log["message"].startswith("recipe: recipes.digits") for log in logs)
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version_by_alias("digits-classifier", "challenger")
     assert int(version.version) >= 1
     assert (project / "outputs" / "leaderboard" / "leaderboard.csv").exists()

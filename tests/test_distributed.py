@@ -128,7 +128,8 @@ def test_ddp_gloo_two_processes_trains_and_resumes(project, tmp_path):
     assert json.loads((out / "train.json").read_text())["epochs_run"] == 3
 
     # MLflow: rank 0 only. The resumed run carries each epoch's metrics exactly once.
-    client = MlflowClient()
+    store = cli_env(project)["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     history = client.get_metric_history(summary["run_id"], "val_acc")
     assert sorted(m.step for m in history) == [0, 1, 2]
     experiment = client.get_experiment_by_name("zooflow").experiment_id
