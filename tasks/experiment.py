@@ -311,7 +311,7 @@ def plan(name: str, size: str = "cpu", overrides: list[str] | None = None, proje
     extra = TINY if size == "tiny" else []
     seeds = list(range(2 if size == "tiny" else chosen.seeds))
     if size == "tiny" and exp.measure.ensemble:
-        seeds = list(range(2 * 2))  # two ensembles of two
+        seeds = list(range(2 * exp.measure.ensemble))  # two ensembles
     where = f"{folder / name}.yaml"
     base_raw = {"data": dict(chosen.data), "mlflow": {"experiment": MLFLOW_EXPERIMENT}}
     base = validate_params(apply_overrides(base_raw, [*chosen.set, *(overrides or []), *extra]),
