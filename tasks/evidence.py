@@ -220,8 +220,7 @@ def check_rows(result: dict) -> list[str]:
         measured = f"{c['a_label']}: {fmt_pm(c['a_stat'], metric)}"
         if c.get("b_label"):
             measured += f"; {c['b_label']}: {fmt_pm(c['b_stat'], metric)}"
-        unit = "ratio" if c["compare"] == "ratio" else metric
-        points = c["compare"] == "difference" and bool(c.get("b_label") or c["a"].get("minus"))
+        unit, points = _unit(c), _points(c)
         effect = (f"{fmt(c['effect'], unit, points)} ± {fmt(c['spread'], unit, points)}"
                   if c["effect"] is not None else "—")
         sign = ">" if c["expect"] == "greater" else "<"
@@ -256,6 +255,28 @@ def provenance(result: dict) -> str:
     return text
 
 
+def corrections(result: dict) -> list[str]:
+    """"Where the notes are wrong": the notes, the paper's evidence against them (cited in the
+    experiment's file), and what the runs here show, from their checks' verdicts (never written by hand)."""
+    lines = []
+    for c in result.get("corrections") or []:
+        here = "; ".join(
+            f"{check['says']}: **{check['verdict']}** ({fmt(check['effect'], _unit(check), _points(check))} "
+            f"± {fmt(check['spread'], _unit(check), _points(check))})"
+            for check in (result["checks"][i] for i in c["checks"]))
+        lines += [f"*Where the notes are wrong.* The notes: {c['notes']} The paper: {c['paper']}"
+                  + (f" Measured here: {here}." if here else ""), ""]
+    return lines
+
+
+def _unit(check: dict) -> str:
+    return "ratio" if check["compare"] == "ratio" else check["metric"]
+
+
+def _points(check: dict) -> bool:
+    return check["compare"] == "difference" and bool(check.get("b_label") or check["a"].get("minus"))
+
+
 def verdict_markdown(result: dict, heading: str = "#", image: str | None = None) -> str:
     """verdict.md (and, with `heading="##"`, the experiment's section of the lab's page)."""
     paper = result["paper"]
@@ -269,6 +290,7 @@ def verdict_markdown(result: dict, heading: str = "#", image: str | None = None)
     lines += check_rows(result)
     lines += ["", *variation_rows(result, result.get("table_metrics") or []), ""]
     lines += [provenance(result), ""]
+    lines += corrections(result)
     if result.get("caveat"):
         lines += [f"*At this size:* {result['caveat']}", ""]
     return "\n".join(lines)

@@ -173,6 +173,15 @@ class Check(Spec):
         return Ref(variation=value, metric=self.metric) if isinstance(value, str) else value
 
 
+class Correction(Spec):
+    """Where the notes part from the paper they cite. `paper` is what the paper's own evidence shows (a
+    fixed, cited fact); what our runs show is never written here: the page takes it from `checks`."""
+
+    notes: str = Field(description="what the notes say, in English")
+    paper: str = Field(description="what the paper shows against it, with the place")
+    checks: list[int] = Field(default_factory=list, description="indices of the checks that measure it here")
+
+
 class Experiment(Spec):
     title: str
     claim: str
@@ -186,6 +195,7 @@ class Experiment(Spec):
     checks: list[Check] = Field(min_length=1)
     k: float = Field(2.0, gt=0, le=10, description="the rule's multiplier of the spread")
     caveat: str = Field(description="what may keep the claim from showing at the cpu size")
+    corrections: list[Correction] = Field(default_factory=list, description="where the notes are wrong")
 
     @field_validator("sizes")
     @classmethod
@@ -229,6 +239,10 @@ class Experiment(Spec):
         for metric in self.table:
             if metric not in known:
                 raise ValueError(f"table: unknown metric {metric!r}")
+        for i, correction in enumerate(self.corrections):
+            for index in correction.checks:
+                if not 0 <= index < len(self.checks):
+                    raise ValueError(f"corrections.{i}.checks: no check {index} (there are {len(self.checks)})")
         return self
 
 
@@ -594,6 +608,7 @@ def conclude(params: Params, layout: Layout, plan: Plan, records: list[dict], da
         "size": plan.size, "overrides": plan.overrides, "dataset": dataset, "seeds": plan.seeds(),
         "variations": variations, "checks": checks, "verdict": evidence.overall(checks),
         "table_metrics": exp.table, "caveat": exp.caveat,
+        "corrections": [c.model_dump() for c in exp.corrections],
         "runs": len(records), "reused_runs": sum(bool(r.get("reused")) for r in records),
         "cpu_seconds": seconds["cpu"], "wall_seconds": seconds["wall"],
         "plot": f"{plan.name}.png",

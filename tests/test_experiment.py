@@ -145,6 +145,11 @@ def test_experiment_runs_end_to_end(lab, name):
     verdict = (folder / "verdict.md").read_text()
     assert spec.claim in verdict and spec.paper.number in verdict and result["verdict"] in verdict
     assert f"Size `tiny`" in verdict
+    for correction in spec.corrections:  # the notes' error, with what the runs here measured of it
+        section = verdict.split("*Where the notes are wrong.*", 1)[1]
+        assert correction.paper.strip() in section
+        for i in correction.checks:
+            assert f"{result['checks'][i]['says']}: **{result['checks'][i]['verdict']}**" in section
 
 
 def test_the_page_is_written_from_the_results(lab):
