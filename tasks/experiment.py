@@ -102,6 +102,9 @@ class Variation(Spec):
     cpu_options: dict[str, Any] = Field(
         default_factory=dict, description="merged over `options` at the cpu (and tiny) size: the laptop-scale "
                                           "reductions (narrower layers, a strided stem)")
+    tiny_options: dict[str, Any] = Field(
+        default_factory=dict, description="merged over both at the tiny size: what keeps a smoke test of a big "
+                                          "model to seconds (a smaller bound, narrower layers); never measured")
     set: list[str] = Field(default_factory=list, description="params overrides, key.path=value")
     train_size: int | None = Field(None, ge=1, description="train on a class-balanced subset of this many images")
     label_noise: float = Field(0.0, ge=0, lt=1, description="share of training labels replaced by another class")
@@ -332,7 +335,7 @@ def plan(name: str, size: str = "cpu", overrides: list[str] | None = None, proje
                            f"{where}: sizes.{'gpu' if size == 'gpu' else 'cpu'}", check_zoo=False)
     runs = []
     for vname, v in exp.variations.items():
-        options = {**v.options, **(v.cpu_options if size != "gpu" else {})}
+        options = {**v.options, **(v.cpu_options if size != "gpu" else {}), **(v.tiny_options if size == "tiny" else {})}
         raw = {**base_raw, "train": {"architectures": [v.arch], "model_options": {v.arch: options}}}
         raw = apply_overrides(raw, [*chosen.set, *v.set, *(overrides or []), *extra])
         params = validate_params(raw, f"{where}: variations.{vname}")
