@@ -248,6 +248,8 @@ def provenance(result: dict) -> str:
     text = (f"Size `{result['size']}`: {d['name']} ({counts}; {d['image_size']}×{d['image_size']}×{d['channels']}), "
             f"{seeds}; {result['runs']} runs ({result['reused_runs']} reused from an earlier identical run), "
             f"{result['cpu_seconds']:.0f} CPU s, {result['wall_seconds']:.0f} s wall.")
+    if result.get("overrides"):  # the experiment's file is not the whole recipe of these numbers
+        text += " Overrides: " + ", ".join(f"`{o}`" for o in result["overrides"]) + "."
     diverged = {v["label"]: v.get("diverged") for v in result["variations"].values() if v.get("diverged")}
     if diverged:
         text += " Diverged (no numbers from them): " + "; ".join(

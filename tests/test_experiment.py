@@ -176,6 +176,8 @@ def test_an_identical_run_is_reused_and_a_changed_one_trained_again(lab):
     assert again["variations"]["relu"]["metrics"] == first["variations"]["relu"]["metrics"]
     changed = experiment.run_experiment("relu_vs_tanh", "tiny", ["train.optimizer.lr=0.02"], project=project)
     assert changed["reused_runs"] == 0 and changed["overrides"] == ["train.optimizer.lr=0.02"]
+    verdict = (project / "outputs" / "experiments" / "relu_vs_tanh" / "verdict.md").read_text()
+    assert "Overrides: `train.optimizer.lr=0.02`." in verdict  # numbers not from the file alone say so
 
 
 def test_same_seed_same_numbers(lab, tmp_path):
