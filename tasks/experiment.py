@@ -265,7 +265,8 @@ def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ParamsError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}"
+        where = f"{where}: " if where else ""  # a model validator's error names its own place
+        raise ParamsError(f"{path}: {where}{first['msg'].removeprefix('Value error, ')}"
                           + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")) from None
     except Exception as exc:  # noqa: BLE001 - YAML errors carry their own line and column
         if type(exc).__module__.startswith("yaml"):

@@ -203,7 +203,7 @@ def test_bad_experiments_are_one_line(tmp_path):
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ParamsError, match=r"broken.yaml: checks.0.a: .*no variation 'relu_typo'"):
         experiment.load("broken", tmp_path)
-    with pytest.raises(ParamsError, match=r"relu_vs_tanh.yaml: variations.relu: .*train.nope: unknown key"):
+    with pytest.raises(ParamsError, match=r"relu_vs_tanh.yaml: sizes.cpu: train.nope: unknown key"):
         experiment.plan("relu_vs_tanh", "cpu", ["train.nope=1"])
     with pytest.raises(ParamsError, match=r"variations.relu: train.model_options.lenet5.activation"):
         experiment.plan("relu_vs_tanh", "cpu", ["train.model_options.lenet5.activation=swish"])
@@ -225,7 +225,7 @@ def test_the_command_line(project):
         assert name in listed.stdout
     bad = zooflow("experiment", "run", "relu_vs_tanh", "-S", "train.epochs=0", cwd=project)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "variations.relu: train.epochs" in bad.stderr
+    assert "relu_vs_tanh.yaml: sizes.cpu: train.epochs" in bad.stderr  # the size's own params, checked first
     assert not (project / "outputs").exists() and not (project / "mlflow.db").exists()
 
 
