@@ -427,11 +427,16 @@ def experiment_run(
 @experiment_app.command("report")
 def experiment_report(
     out: Annotated[Path, typer.Option("--out", help="the page to write")] = Path("docs/experiments.md"),
+    as_json: Json = False,
 ) -> None:
-    """Write the lab's page (docs/experiments.md) from every outputs/experiments/*/result.json."""
+    """Write the lab's page (docs/experiments.md) from every outputs/experiments/*/result.json: one line,
+    or with --json the summary."""
     from tasks import experiment
 
-    _echo(experiment.report(Path("."), out))
+    s = experiment.report(Path("."), out)
+    missing = f"; not run yet: {', '.join(s['missing'])}" if s["missing"] else ""
+    typer.echo(json.dumps(s, indent=2, default=str) if as_json
+               else f"experiment report: {len(s['experiments'])} experiment(s){missing} -> {s['page']}")
 
 
 def _catalogue_rows() -> list[dict]:

@@ -314,7 +314,7 @@ class Plan:
         return sorted({r.seed for r in self.runs})
 
 
-TINY = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "data.limit_per_class=10",
+TINY = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "data.limit_per_class=5",
         "validate.min_per_class=1"]
 
 
