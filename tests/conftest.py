@@ -25,16 +25,12 @@ atexit.register(shutil.rmtree, _RESULTS, True)
 os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
-# The MLflow variables of the session's start: what every test begins with.
-_MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-
-
 @pytest.fixture(autouse=True)
 def mlflow_globals_restored():
     """`mlflow.set_tracking_uri` / `set_registry_uri` (tasks.tracking.client calls both) also write
-    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ: without this, a test (or a module fixture,
-    set up before any per-test snapshot) that ran a stage in-process points every later test, and the
-    servers and workers they start, at its own store. Restored to the session's start after each test."""
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ: without this, a test that ran a stage
+    in-process points every later test, and the servers and workers they start, at its own store."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     yield
     import sys
 
@@ -46,7 +42,7 @@ def mlflow_globals_restored():
         registry_utils._registry_uri = None
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         del os.environ[key]
-    os.environ.update(_MLFLOW_ENV)
+    os.environ.update(env)
 
 
 @pytest.fixture
