@@ -378,6 +378,67 @@ def zoo() -> None:
     Console(width=250).print(table)
 
 
+experiment_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                              help="The lab: the lecture notes' claims as experiments (experiments/*.yaml).")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("list")
+def experiment_list() -> None:
+    """Every experiment: its claim, variations and seeds at the cpu size, its last verdict here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks import experiment
+
+    table = Table("name", "claim", "variations", "seeds (cpu)", "last verdict", box=None)
+    for name in experiment.names():
+        row = experiment.describe(name)
+        verdict = f"{row['verdict']} ({row['size']})" if row["verdict"] else "not run"
+        table.add_row(name, row["title"], str(row["variations"]), str(row["seeds"]), verdict)
+    Console(width=200).print(table)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    name: Annotated[str, typer.Argument(help="the experiment, as in `zooflow experiment list`")],
+    size: Annotated[str, typer.Option("--size", help="cpu (minutes on a CPU), gpu (the paper-like setting) or tiny "
+                                                     "(a smoke test)")] = "cpu",
+    overrides: Overrides = None,
+) -> None:
+    """Train the experiment's variations (the Prefect flow `zoo-experiment`) and print its verdict;
+    outputs/experiments/NAME/ gets result.json, the plot and verdict.md."""
+    from tasks import experiment, tracking
+
+    plan = experiment.plan(name, size, overrides or [])  # bad names and params: one line, before Prefect starts
+    tracking.check_server(plan.base)
+    from flows.experiment import zoo_experiment
+
+    state = zoo_experiment(name=name, size=size, overrides=overrides or [], return_state=True)
+    if not state.is_completed():
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, UserError):
+            raise exc
+        typer.echo(f"error: the experiment failed: {state.message}", err=True)
+        raise typer.Exit(1)
+    typer.echo((plan.root / "verdict.md").read_text())
+
+
+@experiment_app.command("report")
+def experiment_report(
+    out: Annotated[Path, typer.Option("--out", help="the page to write")] = Path("docs/experiments.md"),
+    as_json: Json = False,
+) -> None:
+    """Write the lab's page (docs/experiments.md) from every outputs/experiments/*/result.json: one line,
+    or with --json the summary."""
+    from tasks import experiment
+
+    s = experiment.report(Path("."), out)
+    missing = f"; not run yet: {', '.join(s['missing'])}" if s["missing"] else ""
+    typer.echo(json.dumps(s, indent=2, default=str) if as_json
+               else f"experiment report: {len(s['experiments'])} experiment(s){missing} -> {s['page']}")
+
+
 def _catalogue_rows() -> list[dict]:
     """The committed catalogue, found without importing `models` (and torch): a second, not half a
     minute. Without the file (a broken install), the zoo is counted now."""

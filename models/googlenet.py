@@ -17,10 +17,17 @@ response normalisations in the stem.
 
 At small scale the stem's 7x7 stride-2 conv and first max pool give way to a 3x3 stride-1 conv,
 so the inception stages see 16x16, 8x8 and 4x4 maps on a 32x32 image.
+
+`reductions=False` builds every module in the naive form of Fig. 2(a): the 3x3 and 5x5 convs read
+the whole input and the pooling branch passes it on unprojected, so the width grows from module to
+module; "this naive form ... would lead to a computational blow up within a few stages" (Sec. 4).
+Filter counts are Table 1's, the reduce columns unused: the experiment of
+experiments/bottleneck_1x1.yaml.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.googlenet import BasicConv2d, GoogLeNetOutputs, Inception, InceptionAux
 
@@ -50,6 +57,35 @@ class InceptionModule(Inception):
         self.branch3[1] = BasicConv2d(ch5x5red, ch5x5, kernel_size=5, padding=2)
 
 
+class NaiveInception(nn.Module):
+    """Fig. 2(a): 1x1, 3x3 and 5x5 convolutions and a 3x3 max pooling side by side on the same input,
+    concatenated. No 1x1 reductions: the pooling branch passes all its input channels on, so the
+    module outputs ch1x1 + ch3x3 + ch5x5 + in_channels maps."""
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int) -> None:
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = BasicConv2d(in_channels, ch3x3, kernel_size=3, padding=1)
+        self.branch3 = BasicConv2d(in_channels, ch5x5, kernel_size=5, padding=2)
+        self.branch4 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True)
+
+    @staticmethod
+    def out_channels(in_channels: int, ch1x1: int, ch3x3: int, ch5x5: int, pool_proj: int) -> int:
+        return ch1x1 + ch3x3 + ch5x5 + in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+def inception_out_channels(inception: type[nn.Module], in_channels: int, ch1x1: int, ch3x3: int, ch5x5: int,
+                           pool_proj: int) -> int:
+    """The maps a module outputs: its four branches' (the naive module passes its input on)."""
+    if inception is NaiveInception:
+        return NaiveInception.out_channels(in_channels, ch1x1, ch3x3, ch5x5, pool_proj)
+    return ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+
 class GoogLeNet(Classifier):
     """Table 1 top to bottom; `width` scales every filter count of the table (for small data; 1.0
     is the paper's network), `inception` is the module (the paper's or torchvision's)."""
@@ -73,7 +109,7 @@ class GoogLeNet(Classifier):
         channels, outputs = c(192), {}
         for name, (b1, r3, b3, r5, b5, pool) in INCEPTIONS.items():
             setattr(self, name, inception(channels, c(b1), c(r3), c(b3), c(r5), c(b5), c(pool)))
-            channels = outputs[name] = c(b1) + c(b3) + c(b5) + c(pool)
+            channels = outputs[name] = inception_out_channels(inception, channels, c(b1), c(b3), c(b5), c(pool))
         self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
         self.aux1 = InceptionAux(outputs["inception4a"], num_classes, dropout=dropout_aux) if aux_logits else None
@@ -122,9 +158,11 @@ class GoogLeNet(Classifier):
 
 @register("GoogLeNet", 2014, PAPER, scale="any")
 def googlenet(num_classes: int, in_channels: int = 3, image_size: int = 224, variant: str | None = None,
-              aux_logits: bool = True, dropout: float = 0.4, width: float = 1.0) -> nn.Module:
-    """The paper's GoogLeNet: 5x5 convs in the inception modules, dropout 0.4."""
-    return GoogLeNet(num_classes, in_channels, is_small(image_size, variant), aux_logits, dropout, width=width)
+              aux_logits: bool = True, dropout: float = 0.4, width: float = 1.0, reductions: bool = True) -> nn.Module:
+    """The paper's GoogLeNet: 5x5 convs in the inception modules, dropout 0.4; `reductions=False`: the
+    naive modules of Fig. 2(a)."""
+    return GoogLeNet(num_classes, in_channels, is_small(image_size, variant), aux_logits, dropout, width=width,
+                     inception=InceptionModule if reductions else NaiveInception)
 
 
 @register("GoogLeNet", 2014, "Szegedy et al. 2014, torchvision's implementation (3x3 for the 5x5 conv)", scale="any")

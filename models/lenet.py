@@ -4,10 +4,15 @@ C1 conv 6@28x28 -> S2 trainable subsampling -> C3 conv 16@10x10 with the partial
 (Table I) -> S4 subsampling -> C5 conv 120@1x1 -> F6 84 -> output. Every layer up to F6 is squashed
 by the scaled tanh f(a) = 1.7159 tanh(2a/3). The output is a trainable linear layer by default, or
 the paper's Euclidean RBF units with fixed +-1 centres (`output="rbf"`).
+
+`activation` swaps the squashing function for the plain tanh or the ReLU, everything else (the
+initialisation included) unchanged: the small CNN of the ReLU-vs-tanh experiment (Krizhevsky et al.
+2012, Fig. 1; experiments/relu_vs_tanh.yaml).
 """
 
 from __future__ import annotations
 
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +74,10 @@ class ScaledTanh(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             return _ScaledTanhFunction.apply(x)
         return A * torch.tanh(x * S)  # inference and export: the plain ops
+
+
+# The squashing function of every layer up to F6: the paper's, or the plain tanh and the ReLU.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"scaled_tanh": ScaledTanh, "tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 class Subsampling(nn.Module):
@@ -149,11 +158,14 @@ class LeNet5(Classifier):
 
     classifier_path = "output"
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, output: str = "linear") -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, output: str = "linear",
+                 activation: str = "scaled_tanh") -> None:
         super().__init__()
         if output not in ("linear", "rbf"):
             raise ValueError(f"lenet5 output must be 'linear' or 'rbf', got {output!r}")
-        squash = ScaledTanh
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"lenet5 activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        squash = ACTIVATIONS[activation]
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5), squash(),  # C1: 6@28x28
             Subsampling(6), squash(),                 # S2: 6@14x14
@@ -181,9 +193,11 @@ class LeNet5(Classifier):
 
 
 @register("LeNet-5", 1998, PAPER, scale="small", in_channels=1)
-def lenet5(num_classes: int, in_channels: int = 1, image_size: int = 32, output: str = "linear") -> nn.Module:
-    """32x32 input (MNIST's 28x28 digits padded, as in the paper); C5 then sees exactly 5x5."""
+def lenet5(num_classes: int, in_channels: int = 1, image_size: int = 32, output: str = "linear",
+           activation: Literal["scaled_tanh", "tanh", "relu"] = "scaled_tanh") -> nn.Module:
+    """32x32 input (MNIST's 28x28 digits padded, as in the paper); C5 then sees exactly 5x5.
+    `activation`: scaled_tanh (the paper's), tanh or relu."""
     require_size("lenet5", image_size, (32,))
-    return LeNet5(num_classes, in_channels, output)
+    return LeNet5(num_classes, in_channels, output, activation)
 
 

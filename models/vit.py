@@ -37,11 +37,15 @@ class ViT(Classifier, VisionTransformer):
 
 def vision_transformer(image_size: int, patch_size: int, num_layers: int, num_heads: int, hidden_dim: int,
                        mlp_dim: int, num_classes: int, in_channels: int, dropout: float = 0.0,
-                       attention_dropout: float = 0.0) -> ViT:
+                       attention_dropout: float = 0.0, position_embedding: bool = True) -> ViT:
     if image_size % patch_size:
         raise ValueError(f"ViT: image_size {image_size} is not a multiple of patch_size {patch_size}")
     model = ViT(image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
                 dropout=dropout, attention_dropout=attention_dropout, num_classes=num_classes)
+    if not position_embedding:
+        # The "no positional information" row of the paper's ablation (Appendix D.4, Table 8): the
+        # patches are a bag. Zero and frozen, so checkpoints keep the same keys.
+        model.encoder.pos_embedding = nn.Parameter(torch.zeros_like(model.encoder.pos_embedding), requires_grad=False)
     if in_channels != 3:
         model.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, patch_size)
         # torchvision's patch-embedding init: LeCun normal on the fan-in
@@ -50,8 +54,8 @@ def vision_transformer(image_size: int, patch_size: int, num_layers: int, num_he
     return model
 
 
-# The architecture's numbers are options too (a smaller ViT for small data); with `dropout` and
-# `attention_dropout`.
+# The architecture's numbers are options too (a smaller ViT for small data); with `dropout`,
+# `attention_dropout` and `position_embedding` (false: no position embeddings, learned or otherwise).
 
 
 @register("ViT", 2020, PAPER, scale="imagenet")

@@ -110,7 +110,8 @@ def params_inputs(stage: str, params: Params, arch: str | None) -> dict[str, Any
 
 def output_digest(path: str, layout: Layout, arch: str | None) -> str | None:
     """What an upstream output is, cheaply: the data's hash, the stats' bytes, the weights' hash."""
-    folder = layout.root / path.format(arch=arch)
+    folder = {"data/prepared": layout.prepared, "data/augment": layout.augment,
+              "reports/validation": layout.validation}.get(path) or layout.root / path.format(arch=arch)
     if path == "data/prepared":
         meta = folder / "meta.json"
         return read_json(meta).get("data_sha256") if meta.exists() else None

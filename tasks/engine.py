@@ -46,6 +46,9 @@ from tasks.optim import Freeze, ModelEMA, Schedule, build_optimizer
 from tasks.params import AugmentParams, TrainParams
 
 Log = Callable[[dict[str, float], int], None]
+# Measures the model after an epoch (before the epoch is recorded); its numbers join the epoch's row
+# in the history. The lab's measurements (tasks/measures.py): gradient norms, effective step sizes.
+Probe = Callable[["TrainState"], dict[str, float]]
 CHECKPOINT_FORMAT = 1
 
 
@@ -58,12 +61,19 @@ class TrainingDiverged(UserError):
 
 
 def check_diverged(row: dict, num_classes: int) -> None:
-    """Raise `TrainingDiverged` when an epoch's train or val loss is not finite, or is over a thousand
-    times chance (ln K): a model whose weights blew up, which no later epoch brings back."""
+    """Raise `TrainingDiverged` when an epoch's train or val loss is not finite, or its train loss is over
+    a thousand times chance (ln K): a model whose weights blew up, which no later epoch brings back.
+
+    A val loss that is huge but finite while the train loss is not is no divergence: it is what a deep
+    BN network gives in eval mode while its running statistics still lag its first epochs' weights
+    (a plain-56 after one epoch: val loss ~3e3, train loss 2.2), and it settles as training slows."""
     limit = 1000 * math.log(max(num_classes, 2))
     for key, what in (("train_loss", "loss"), ("val_loss", "val loss")):
         value = row.get(key)
-        if value is not None and not (math.isfinite(value) and value <= limit):
+        if value is None:
+            continue
+        exploded = key == "train_loss" and value > limit
+        if not math.isfinite(value) or exploded:
             raise TrainingDiverged(row["epoch"], what, value)
 
 
@@ -437,13 +447,13 @@ def train_one_epoch(*, state: TrainState, forward: nn.Module, data: DeviceData, 
 def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
               stats: aug.Stats, augment: AugmentParams, tp: TrainParams, seed: int, num_classes: int,
               device: torch.device, out: Path, fingerprint: str, run_id: str | None = None,
-              log: Log | None = None) -> dict:
+              log: Log | None = None, probe: Probe | None = None) -> dict:
     """Train `model` for `tp.epochs` on `train`, keep its best epoch on `val`.
 
     Writes `out/model.pt` (best-val weights) and `out/checkpoint.pt` (every epoch); resumes from the
     checkpoint when its `fingerprint` matches. Fine-tuning (`tp.finetune`): the backbone frozen for the
-    first epochs (`optim.Freeze`), its own lr after (`optim.param_groups`). Returns history, best, epochs
-    run, stopped, resumed_from.
+    first epochs (`optim.Freeze`), its own lr after (`optim.param_groups`). `probe`, if given, measures the
+    model after every epoch into the epoch's row. Returns history, best, epochs run, stopped, resumed_from.
     """
     n = len(train[1])
     bs = min(tp.batch_size, n)
@@ -495,6 +505,8 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
         if freeze is not None:
             row["backbone_frozen"] = frozen
         check_diverged(row, num_classes)
+        if probe is not None:
+            row.update(probe(state))
         if state.ema is not None:
             raw = evaluate(model, val_data, stats=stats, batch_size=eval_bs, tp=tp, device=device)
             row["val_acc_raw"], row["val_loss_raw"] = raw["acc"], raw["loss"]

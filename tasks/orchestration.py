@@ -360,3 +360,18 @@ def failure_notification(webhook_url: str, flow_name: str = "zoo-pipeline") -> d
     ).create()
     return {"automation": automation.name, "id": str(automation.id), "webhook": webhook_url,
             "block": "custom-webhook/zooflow-failure-webhook", "events": list(FAILED), "flow": flow_name}
+
+
+def experiment_artifact(result: dict, parent_run_id: str) -> str:
+    """An experiment's verdict table as a markdown artifact of the flow run; returns its key."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import evidence
+
+    key = f"experiment-{result['name'].replace('_', '-')}"
+    create_markdown_artifact(
+        f"## {result['title']}: {result['verdict']}\n\n{result['claim']}\n\n" + "\n".join(evidence.check_rows(result))
+        + f"\n\n{evidence.provenance(result)}\n\nPlot and verdict: `outputs/experiments/{result['name']}/` "
+          f"(`{result['plot']}`, `verdict.md`); MLflow run `{parent_run_id}` (experiment `zooflow-lab`).\n",
+        key=key, description=f"zooflow experiment {result['name']}: the verdict")
+    return key

@@ -564,6 +564,16 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     recipe = _matching_recipe(raw)
     if recipe is not None:  # params.yaml < the data's recipe < -S overrides
         raw = apply_overrides(_deep_merge(base, raw["recipes"][recipe]), overrides or [])
+    return validate_params(raw, str(path), check_zoo, base=base, recipe=recipe)
+
+
+def validate_params(raw: dict, where: str, check_zoo: bool = True, *, base: dict | None = None,
+                    recipe: str | None = None) -> Params:
+    """Params from a raw mapping (what params.yaml holds, overrides and the data's recipe applied); errors
+    name `where`. `base` is the mapping before overrides (the other recipes are checked against it),
+    `recipe` the one applied. The lab builds each experiment run's params this way (tasks/experiment.py)."""
+    path = where  # the name the messages below have always used
+    base = raw if base is None else base
     try:
         params = Params.model_validate(raw, context={"check_zoo": check_zoo})
     except ValidationError as exc:

@@ -35,8 +35,11 @@ def build_args(tp: TrainParams, arch: str, data: PreparedData) -> dict:
             "options": options}
 
 
-def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, log: engine.Log | None = None) -> dict:
-    """Train `arch` on the prepared train split, keep its best epoch on val; see the module doc."""
+def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, log: engine.Log | None = None,
+          probe: engine.Probe | None = None, curves: bool = True) -> dict:
+    """Train `arch` on the prepared train split, keep its best epoch on val; see the module doc.
+    `probe` measures the model after every epoch into history.json, and `curves=False` leaves out
+    curves.png (the lab's experiments: their runs are plotted together)."""
     if run_id is not None and log is None:
         from tasks import tracking
 
@@ -71,18 +74,19 @@ def train(params: Params, layout: Layout, arch: str, run_id: str | None = None, 
     else:
         result = engine.train_sgd(model=model, name=arch, **splits, stats=stats, augment=params.augment, tp=tp,
                                   seed=params.seed, num_classes=data.num_classes, device=device, out=out,
-                                  fingerprint=caching.cache_key("train", params, layout, arch), run_id=run_id, log=log)
+                                  fingerprint=caching.cache_key("train", params, layout, arch), run_id=run_id, log=log,
+                                  probe=probe)
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return {**common, "rank": distributed.rank(), "epochs_run": result["epochs_run"],
                 "best_val_acc": result["best"]["val_acc"]}
-    return write_outputs(out, arch, common, result, info.trained_by)
+    return write_outputs(out, arch, common, result, info.trained_by, curves)
 
 
-def write_outputs(out, arch: str, common: dict, result: dict, trained_by: str) -> dict:
+def write_outputs(out, arch: str, common: dict, result: dict, trained_by: str, curves: bool = True) -> dict:
     """history.json, curves.png and the summary train.json."""
     history, best = result["history"], result["best"]
     write_json(out / "history.json", history)
-    if history and trained_by == "sgd":
+    if history and trained_by == "sgd" and curves:
         engine.plot_curves(history, out / "curves.png",
                            f"{arch}: best val acc {best['val_acc']:.4f} (epoch {best['epoch'] + 1})")
     summary = {

@@ -76,7 +76,7 @@ def test_scheduled_deployment_runs_on_a_real_server_and_registers_a_model(tmp_pa
         cli(env, project, "--no-prompt", "deploy", "--all")
 
         deployments = {d["name"]: d for d in api(env, "/deployments/filter", {}, attempts=3)}
-        assert set(deployments) == {"nightly", "weekly-full-zoo", "own-data", "warm-start"}
+        assert set(deployments) == {"nightly", "weekly-full-zoo", "own-data", "warm-start", "lab"}
         assert deployments["warm-start"]["parameters"]["warm_start"] == "staging"
         nightly = deployments["nightly"]
         assert nightly["work_pool_name"] == "zooflow"
