@@ -250,8 +250,8 @@ class Experiment(Spec):
 
 
 def names() -> list[str]:
-    """Every experiment in experiments/, by file name."""
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    """Every experiment in experiments/, by file name (the folder's dvc.yaml is the lab's pipeline)."""
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.name != "dvc.yaml")
 
 
 def load(name: str, folder: Path = EXPERIMENTS) -> Experiment:
