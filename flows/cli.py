@@ -405,10 +405,11 @@ def experiment_run(
     size: Annotated[str, typer.Option("--size", help="cpu (minutes on a CPU), gpu (the paper-like setting) or tiny "
                                                      "(a smoke test)")] = "cpu",
     overrides: Overrides = None,
+    as_json: Json = False,
 ) -> None:
-    """Train the experiment's variations (the Prefect flow `zoo-experiment`) and print its verdict;
-    outputs/experiments/NAME/ gets result.json, the plot and verdict.md."""
-    from tasks import experiment, tracking
+    """Train the experiment's variations (the Prefect flow `zoo-experiment`) and print its verdict, a line
+    per check (--json: result.json); outputs/experiments/NAME/ gets result.json, the plot and verdict.md."""
+    from tasks import evidence, experiment, tracking
 
     plan = experiment.plan(name, size, overrides or [])  # bad names and params: one line, before Prefect starts
     tracking.check_server(plan.base)
@@ -421,7 +422,18 @@ def experiment_run(
             raise exc
         typer.echo(f"error: the experiment failed: {state.message}", err=True)
         raise typer.Exit(1)
-    typer.echo((plan.root / "verdict.md").read_text())
+    result = state.result()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    counted = [c for c in result["checks"] if c.get("counts", True)]
+    held = sum(c["verdict"] == evidence.HOLDS for c in counted)
+    typer.echo(f"experiment {name} ({size}): {result['verdict']}; {held} of {len(counted)} counted checks hold; "
+               f"{result['runs']} runs, {result['wall_seconds']:.0f} s -> {plan.root / 'verdict.md'}")
+    for c in result["checks"]:
+        effect = "nothing measured" if c["effect"] is None else f"{c['effect']:.3g} ± {c['spread']:.2g}"
+        counts = "" if c.get("counts", True) else " (not counted)"
+        typer.echo(f"  {c['verdict']}{counts}: {c['says']} ({c['metric']} {c['compare']}: {effect})")
 
 
 @experiment_app.command("report")

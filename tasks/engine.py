@@ -60,14 +60,19 @@ class TrainingDiverged(UserError):
         super().__init__(f"diverged at epoch {epoch + 1} ({what} {loss:.3g})")
 
 
+def explosion_limit(num_classes: int) -> float:
+    """A loss over a thousand times chance (ln K): weights that blew up."""
+    return 1000 * math.log(max(num_classes, 2))
+
+
 def check_diverged(row: dict, num_classes: int) -> None:
     """Raise `TrainingDiverged` when an epoch's train or val loss is not finite, or its train loss is over
-    a thousand times chance (ln K): a model whose weights blew up, which no later epoch brings back.
+    the explosion limit: a model whose weights blew up, which no later epoch brings back.
 
-    A val loss that is huge but finite while the train loss is not is no divergence: it is what a deep
-    BN network gives in eval mode while its running statistics still lag its first epochs' weights
-    (a plain-56 after one epoch: val loss ~3e3, train loss 2.2), and it settles as training slows."""
-    limit = 1000 * math.log(max(num_classes, 2))
+    A huge but finite val loss alone is not decided here: a deep BN network gives one in eval mode while
+    its running statistics lag its first epochs' weights (a plain-56 after one epoch: val loss ~3e6,
+    train loss 2.2), and it settles as training slows. `check_kept` decides it at the end."""
+    limit = explosion_limit(num_classes)
     for key, what in (("train_loss", "loss"), ("val_loss", "val loss")):
         value = row.get(key)
         if value is None:
@@ -75,6 +80,13 @@ def check_diverged(row: dict, num_classes: int) -> None:
         exploded = key == "train_loss" and value > limit
         if not math.isfinite(value) or exploded:
             raise TrainingDiverged(row["epoch"], what, value)
+
+
+def check_kept(best: dict, num_classes: int) -> None:
+    """Raise `TrainingDiverged` when the epoch training keeps (the best on val) has a val loss over the
+    explosion limit: no epoch brought it back (an MLP at lr 1000: train loss 2.3, val loss 1.4e7)."""
+    if best["epoch"] >= 0 and best["val_loss"] > explosion_limit(num_classes):
+        raise TrainingDiverged(best["epoch"], "val loss, at its best epoch", best["val_loss"])
 
 
 # --------------------------------------------------------------------------- device and seeds
@@ -518,6 +530,7 @@ def train_sgd(*, model: nn.Module, name: str, train: tuple[np.ndarray, np.ndarra
             log(epoch_metrics(row), epoch)
     if freeze is not None:
         freeze.set(False)
+    check_kept(state.best, num_classes)
     return {"history": state.history, "best": state.best, "epochs_run": len(state.history),
             "stopped_early": state.stopped, "resumed_from_epoch": resumed_from, "ema": state.ema is not None}
 

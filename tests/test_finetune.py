@@ -466,9 +466,10 @@ def test_every_deployment_passes_parameters_the_flow_takes():
     from prefect.flows import load_flow_from_entrypoint
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
-    flow = load_flow_from_entrypoint("flows/pipeline.py:zoo_pipeline")
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert deployments["warm-start"]["parameters"]["warm_start"] == "staging"
+    assert deployments["lab"]["entrypoint"] == "flows/experiment.py:zoo_experiment"
     for name, deployment in deployments.items():
-        assert deployment["entrypoint"] == "flows/pipeline.py:zoo_pipeline", name
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        assert flow.name == ("zoo-experiment" if name == "lab" else "zoo-pipeline"), name
         flow.validate_parameters(deployment["parameters"])  # raises on an unknown or ill-typed parameter

@@ -257,3 +257,21 @@ def test_real_zoo_architectures_train_and_reload(tmp_path, arch):
         out = model(x)
     assert out.shape == (8, 4)
     assert float((out.argmax(1).numpy() == d.split("val")[1]).mean()) == pytest.approx(summary["best_val_acc"])
+
+
+def test_a_huge_val_loss_is_divergence_only_when_no_epoch_brings_it_back():
+    """A deep BN net's first eval (running statistics behind the weights) can read a val loss of millions
+    and then settle: that run trains on. An MLP at lr 1000 whose every epoch reads so is diverged."""
+    k = 10
+    plain56 = [{"epoch": 0, "train_loss": 2.3, "val_loss": 2.86e6, "val_acc": 0.105},
+               {"epoch": 1, "train_loss": 2.2, "val_loss": 72.5, "val_acc": 0.105},
+               {"epoch": 2, "train_loss": 2.0, "val_loss": 2.8, "val_acc": 0.19}]
+    for row in plain56:
+        engine.check_diverged(row, k)
+    engine.check_kept({"epoch": 2, "val_acc": 0.19, "val_loss": 2.8}, k)
+    engine.check_diverged({"epoch": 0, "train_loss": 2.3, "val_loss": 1.4e7, "val_acc": 0.1}, k)
+    with pytest.raises(engine.TrainingDiverged, match=r"diverged at epoch 1 \(val loss, at its best epoch 1.4e\+07\)"):
+        engine.check_kept({"epoch": 0, "val_acc": 0.1, "val_loss": 1.4e7}, k)
+    for bad in ({"train_loss": float("nan")}, {"train_loss": 1e5}, {"val_loss": float("inf")}):
+        with pytest.raises(engine.TrainingDiverged):
+            engine.check_diverged({"epoch": 3, "train_loss": 2.0, "val_loss": 2.0, **bad}, k)
