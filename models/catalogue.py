@@ -6,15 +6,17 @@ arithmetic: FlopCounterMode counts the FLOPs of a batch-1 forward from the shape
 is not.)
 
 Counting the whole zoo still takes half a minute, so the result is committed as `catalogue.json`
-beside this file, which `zooflow zoo` reads; regenerate it after changing the zoo with
+beside this file, which `zooflow zoo` reads, with `catalogue.sha256`, the digest of the models/ sources
+it was counted from; regenerate both after changing the zoo with
 
     python -m models.catalogue --write
 
-(tests/test_catalogue.py fails while the committed file is stale).
+(tests/test_catalogue.py fails while the committed digest is not the sources', and recounts a sample).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -31,6 +33,15 @@ SIZES_BY_SCALE = {"small": (32,), "imagenet": (224,), "any": (32, 224)}
 # Each input size with the class count it is counted at: CIFAR-10 scale, ImageNet-1k scale.
 CLASSES_AT = {32: 10, 224: 1000}
 PATH = Path(__file__).with_name("catalogue.json")
+DIGEST_PATH = Path(__file__).with_name("catalogue.sha256")
+
+
+def sources_digest(folder: Path = PATH.parent) -> str:
+    """sha256 over every models/*.py (name and bytes, sorted by name): what the catalogue counts."""
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def flops(model: nn.Module, in_channels: int, image_size: int) -> int:
@@ -80,10 +91,12 @@ def dumps(rows: list[dict]) -> str:
     return "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]\n"
 
 
-def write(path: Path = PATH) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(dumps(catalogue()), encoding="utf-8")
-    os.replace(tmp, path)
+def write(path: Path = PATH, digest_path: Path = DIGEST_PATH) -> None:
+    digest = sources_digest()
+    for target, text in ((path, dumps(catalogue())), (digest_path, digest + "\n")):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
 
 
 if __name__ == "__main__":
