@@ -313,15 +313,17 @@ def page(results: list[dict], missing: list[str], images: dict[str, str]) -> str
         "is not, and is **inconclusive at this size** otherwise. Small data and short schedules are not the papers' "
         "setting: a claim that does not show here is reported as such, with the reason it might not.",
         "",
-        "| claim | verdict | size | CPU s |",
-        "| --- | --- | --- | --- |",
+        "| claim | verdict | checks that hold | size | CPU s |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for r in results:
         anchor = r["name"].replace("_", "-")
-        lines.append(f"| [{r['title']}](#{anchor}) | **{r['verdict']}** | {r['size']} ({r['dataset']['name']}) | "
-                     f"{r['cpu_seconds']:.0f} |")
+        counted = [c for c in r["checks"] if c.get("counts", True)]
+        held = sum(c["verdict"] == HOLDS for c in counted)
+        lines.append(f"| [{r['title']}](#{anchor}) | **{r['verdict']}** | {held} of {len(counted)} | "
+                     f"{r['size']} ({r['dataset']['name']}) | {r['cpu_seconds']:.0f} |")
     for name in missing:
-        lines.append(f"| {name} | not run yet | — | — |")
+        lines.append(f"| {name} | not run yet | — | — | — |")
     for r in results:
         lines += ["", f'<a id="{r["name"].replace("_", "-")}"></a>', "",
                   verdict_markdown(r, heading="##", image=images.get(r["name"]))]
