@@ -258,16 +258,23 @@ def provenance(result: dict) -> str:
 
 
 def corrections(result: dict) -> list[str]:
-    """"Where the notes are wrong": the notes, the paper's evidence against them (cited in the
-    experiment's file), and what the runs here show, from their checks' verdicts (never written by hand)."""
+    """"Where the notes part from the paper": the notes, the paper's evidence against them (cited in the
+    experiment's file), what the runs here show and which side that takes, from their checks' verdicts
+    (never written by hand)."""
     lines = []
     for c in result.get("corrections") or []:
+        checks = [result["checks"][i] for i in c["checks"]]  # each measures what the notes say
         here = "; ".join(
             f"{check['says']}: **{check['verdict']}** ({fmt(check['effect'], _unit(check), _points(check))} "
-            f"± {fmt(check['spread'], _unit(check), _points(check))})"
-            for check in (result["checks"][i] for i in c["checks"]))
-        lines += [f"*Where the notes are wrong.* The notes: {c['notes']} The paper: {c['paper']}"
-                  + (f" Measured here: {here}." if here else ""), ""]
+            f"± {fmt(check['spread'], _unit(check), _points(check))})" for check in checks)
+        verdicts = {check["verdict"] for check in checks}
+        side = ("" if not checks else
+                " So the runs here side with the notes: at this size the paper's evidence is not reproduced."
+                if verdicts == {HOLDS} else
+                " So the runs here side with the paper." if verdicts == {FAILS} else
+                " So the runs here decide neither way.")
+        lines += [f"*Where the notes part from the paper.* The notes: {c['notes']} The paper: {c['paper']}"
+                  + (f" Measured here: {here}.{side}" if here else ""), ""]
     return lines
 
 

@@ -198,7 +198,7 @@ class Experiment(Spec):
     checks: list[Check] = Field(min_length=1)
     k: float = Field(2.0, gt=0, le=10, description="the rule's multiplier of the spread")
     caveat: str = Field(description="what may keep the claim from showing at the cpu size")
-    corrections: list[Correction] = Field(default_factory=list, description="where the notes are wrong")
+    corrections: list[Correction] = Field(default_factory=list, description="where the notes part from the paper they cite")
 
     @field_validator("sizes")
     @classmethod

@@ -167,7 +167,7 @@ def test_experiment_runs_end_to_end(lab, name):
     assert spec.claim in verdict and spec.paper.number in verdict and result["verdict"] in verdict
     assert f"Size `tiny`" in verdict
     for correction in spec.corrections:  # the notes' error, with what the runs here measured of it
-        section = verdict.split("*Where the notes are wrong.*", 1)[1]
+        section = verdict.split("*Where the notes part from the paper.*", 1)[1]
         assert correction.paper.strip() in section
         for i in correction.checks:
             assert f"{result['checks'][i]['says']}: **{result['checks'][i]['verdict']}**" in section
