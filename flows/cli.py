@@ -433,7 +433,8 @@ def experiment_run(
     for c in result["checks"]:
         effect = "nothing measured" if c["effect"] is None else f"{c['effect']:.3g} ± {c['spread']:.2g}"
         counts = "" if c.get("counts", True) else " (not counted)"
-        typer.echo(f"  {c['verdict']}{counts}: {c['says']} ({c['metric']} {c['compare']}: {effect})")
+        what = c["compare"] if c.get("b_label") else "value"
+        typer.echo(f"  {c['verdict']}{counts}: {c['says']} ({c['metric']} {what}: {effect})")
 
 
 @experiment_app.command("report")
