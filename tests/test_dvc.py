@@ -13,7 +13,9 @@ import yaml
 from flows.pipeline import zoo_pipeline
 from tests.conftest import REPO
 
-SMALL = {"train": {"architectures": ["knn", "lenet5"], "epochs": 2}, "data": {"limit_per_class": 60}}
+# One architecture: each stage of `dvc repro` is a process (about 15 s of imports), and a second
+# architecture adds three stages to each of the two repros without a path the first does not take.
+SMALL = {"train": {"architectures": ["lenet5"], "epochs": 2}, "data": {"limit_per_class": 60}}
 
 
 def run(*cmd, cwd, check=True):
@@ -88,7 +90,7 @@ def test_dvc_repro_matches_the_flow_and_reruns_only_what_changed(dvc_repo, tmp_p
     params["train"]["epochs"] = 3
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stale = set(json.loads(run("dvc", "status", "--json", cwd=dvc_repo).stdout))
-    assert {"train@knn", "train@lenet5"} <= stale
+    assert "train@lenet5" in stale
     assert not stale & {"ingest", "validate", "augment"}
 
     # The metrics travel with the commits (dvc.lock + the cache): `dvc metrics diff` across two commits.
