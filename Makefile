@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/zooflow run
 
 test: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf data outputs reports mlartifacts mlruns mlflow.db

@@ -26,8 +26,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WOR
 
 
 # The slowest files, slowest first (seconds on the quiet 2-core box). Under `make test` (`-n 2 --dist
-# loadfile`) a file is one unit of work, handed to the workers in collection order: started first, the
-# long ones run beside the short ones instead of alone at the end (test_dvc alone last cost 7 minutes).
+# loadfile --no-loadscope-reorder`) a file is one unit of work, handed to the workers in collection order
+# (xdist would otherwise order files by their number of tests): started first, the long ones run beside
+# the short ones instead of alone at the end (test_dvc, last and alone, cost 7 minutes).
 SLOW_FILES = ["test_dvc.py",             # ~480: two `dvc repro` of 13 stages, a flow run
               "test_deployment.py",      # ~160: a Prefect server, worker and scheduled run
               "test_orchestration.py",   # ~160: Dask runner, isolation, failures
