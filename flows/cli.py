@@ -408,8 +408,9 @@ def experiment_run(
     as_json: Json = False,
 ) -> None:
     """Train the experiment's variations (the Prefect flow `zoo-experiment`) and print its verdict, a line
-    per check (--json: result.json); outputs/experiments/NAME/ gets result.json, the plot and verdict.md."""
-    from tasks import evidence, experiment, tracking
+    per check (--json: result.json's content and verdict_md, its page); outputs/experiments/NAME/ gets
+    result.json, the plot and verdict.md."""
+    from tasks import experiment, tracking
 
     plan = experiment.plan(name, size, overrides or [])  # bad names and params: one line, before Prefect starts
     tracking.check_server(plan.base)
@@ -422,19 +423,7 @@ def experiment_run(
             raise exc
         typer.echo(f"error: the experiment failed: {state.message}", err=True)
         raise typer.Exit(1)
-    result = state.result()
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, default=str))
-        return
-    counted = [c for c in result["checks"] if c.get("counts", True)]
-    held = sum(c["verdict"] == evidence.HOLDS for c in counted)
-    typer.echo(f"experiment {name} ({size}): {result['verdict']}; {held} of {len(counted)} counted checks hold; "
-               f"{result['runs']} runs, {result['wall_seconds']:.0f} s -> {plan.root / 'verdict.md'}")
-    for c in result["checks"]:
-        effect = "nothing measured" if c["effect"] is None else f"{c['effect']:.3g} ± {c['spread']:.2g}"
-        counts = "" if c.get("counts", True) else " (not counted)"
-        what = c["compare"] if c.get("b_label") else "value"
-        typer.echo(f"  {c['verdict']}{counts}: {c['says']} ({c['metric']} {what}: {effect})")
+    _done("experiment", {**state.result(), "verdict_md": str(plan.root / "verdict.md")}, as_json)
 
 
 @experiment_app.command("report")
@@ -446,10 +435,7 @@ def experiment_report(
     or with --json the summary."""
     from tasks import experiment
 
-    s = experiment.report(Path("."), out)
-    missing = f"; not run yet: {', '.join(s['missing'])}" if s["missing"] else ""
-    typer.echo(json.dumps(s, indent=2, default=str) if as_json
-               else f"experiment report: {len(s['experiments'])} experiment(s){missing} -> {s['page']}")
+    _done("experiment report", experiment.report(Path("."), out), as_json)
 
 
 def _catalogue_rows() -> list[dict]:
@@ -488,6 +474,20 @@ def _pct(value) -> str:
 
 
 def _line(stage: str, s: dict) -> str:
+    if stage == "experiment":  # the verdict, then a line per check
+        from tasks import evidence
+
+        holding, counted = evidence.held(s)
+        lines = [f"experiment {s['name']} ({s['size']}): {s['verdict']}; {holding} of {counted} counted checks "
+                 f"hold; {s['runs']} runs, {s['wall_seconds']:.0f} s -> {s['verdict_md']}"]
+        for c in s["checks"]:
+            effect = "nothing measured" if c["effect"] is None else f"{c['effect']:.3g} ± {c['spread']:.2g}"
+            counts = "" if c.get("counts", True) else " (not counted)"
+            lines.append(f"  {c['verdict']}{counts}: {c['says']} ({c['metric']} {evidence.compared(c)}: {effect})")
+        return "\n".join(lines)
+    if stage == "experiment report":
+        missing = f"; not run yet: {', '.join(s['missing'])}" if s["missing"] else ""
+        return f"experiment report: {len(s['experiments'])} experiment(s){missing} -> {s['page']}"
     if stage == "ingest":
         counts = ", ".join(f"{split} {n:,}" for split, n in s["counts"].items())
         bad = f"; {s['bad_files']} bad file(s) skipped, see data/prepared/manifest.csv" if s["bad_files"] else ""

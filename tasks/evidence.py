@@ -211,6 +211,17 @@ def plot(result: dict, panels: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- verdict.md and the page
 
 
+def held(result: dict) -> tuple[int, int]:
+    """How many of the checks that decide the verdict hold, and of how many."""
+    counted = [c for c in result["checks"] if c.get("counts", True)]
+    return sum(c["verdict"] == HOLDS for c in counted), len(counted)
+
+
+def compared(check: dict) -> str:
+    """What a check compares: two variations' difference or ratio, or one variation's value."""
+    return check["compare"] if check.get("b_label") else "value"
+
+
 def check_rows(result: dict) -> list[str]:
     """The verdict table: one row per check."""
     rows = ["| check | whose claim | measured | effect ± spread | rule | verdict |",
@@ -224,8 +235,7 @@ def check_rows(result: dict) -> list[str]:
         effect = (f"{fmt(c['effect'], unit, points)} ± {fmt(c['spread'], unit, points)}"
                   if c["effect"] is not None else "—")
         sign = ">" if c["expect"] == "greater" else "<"
-        what = c["compare"] if c.get("b_label") else "value"
-        rule = f"{what} {sign} {fmt(c['than'], unit, points)} beyond {c['k']:g} sd"
+        rule = f"{compared(c)} {sign} {fmt(c['than'], unit, points)} beyond {c['k']:g} sd"
         counted = "" if c.get("counts", True) else " (not counted)"
         rows.append(f"| {c['says']} | {c['whose']} | {measured} | {effect} | {rule} | **{c['verdict']}**{counted} |")
     return rows
@@ -325,9 +335,8 @@ def page(results: list[dict], missing: list[str], images: dict[str, str]) -> str
     ]
     for r in results:
         anchor = r["name"].replace("_", "-")
-        counted = [c for c in r["checks"] if c.get("counts", True)]
-        held = sum(c["verdict"] == HOLDS for c in counted)
-        lines.append(f"| [{r['title']}](#{anchor}) | **{r['verdict']}** | {held} of {len(counted)} | "
+        holding, counted = held(r)
+        lines.append(f"| [{r['title']}](#{anchor}) | **{r['verdict']}** | {holding} of {counted} | "
                      f"{r['size']} ({r['dataset']['name']}) | {r['cpu_seconds']:.0f} |")
     for name in missing:
         lines.append(f"| {name} | not run yet | — | — | — |")
